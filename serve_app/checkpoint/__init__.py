@@ -1,0 +1,1 @@
+"""A tiny DeepSeek-OCR checkpoint for CPU tests: real config, real tokenizer, seeded weights."""

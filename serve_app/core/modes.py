@@ -1,0 +1,139 @@
+"""DeepSeek-OCR resolution modes and their image-token arithmetic.
+
+A mode fixes the global view's side (``base_size``), the local tile's side (``tile_size``)
+and whether large images are split into tiles. The token formulas are those of vLLM's
+``DeepseekOCRProcessor`` (strategy ``v1`` for DeepSeek-OCR, ``v2`` for DeepSeek-OCR-2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Literal
+
+PATCH_SIZE = 16
+DOWNSAMPLE_RATIO = 4
+MIN_CROPS = 2
+DEFAULT_MAX_CROPS = 6
+MAX_CROPS_LIMIT = 9
+
+
+class ModelFamily(StrEnum):
+    """Which checkpoint family a mode belongs to; they differ in tile size and token formula."""
+
+    OCR1 = "deepseek-ocr"
+    OCR2 = "deepseek-ocr-2"
+
+
+class ModeName(StrEnum):
+    """The mode names a request may ask for."""
+
+    TINY = "tiny"
+    SMALL = "small"
+    BASE = "base"
+    LARGE = "large"
+    GUNDAM = "gundam"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One resolution mode.
+
+    Attributes:
+        name: The mode's name.
+        base_size: Side of the square global view in pixels.
+        tile_size: Side of a local tile; for untiled modes the side the image is squashed to
+            when it is at most 640 (Tiny, Small), as the official DeepSeek-OCR code does.
+        crop: Whether images larger than one tile are split into a grid of tiles.
+        max_crops: Upper bound on tiles per image (2..9) when ``crop`` is set.
+        strategy: ``"v1"`` (DeepSeek-OCR, a newline token per row) or ``"v2"`` (DeepSeek-OCR-2).
+    """
+
+    name: ModeName
+    base_size: int
+    tile_size: int
+    crop: bool
+    max_crops: int = DEFAULT_MAX_CROPS
+    strategy: Literal["v1", "v2"] = "v1"
+
+    @property
+    def min_crops(self) -> int:
+        return MIN_CROPS
+
+    def queries(self, side: int) -> int:
+        """Feature-map side after the SAM encoder for a square input of ``side`` pixels."""
+        return math.ceil((side // PATCH_SIZE) / DOWNSAMPLE_RATIO)
+
+    def num_image_tokens(self, grid: tuple[int, int]) -> int:
+        """Number of ``<image>`` placeholder tokens for one image tiled as ``grid``.
+
+        Args:
+            grid: ``(width_tiles, height_tiles)``; ``(1, 1)`` means no local tiles.
+
+        Returns:
+            Global-view tokens, plus one view separator, plus local-tile tokens.
+        """
+        g = self.queries(self.base_size)
+        q = self.queries(self.tile_size)
+        w_tiles, h_tiles = grid
+        tiled = w_tiles > 1 or h_tiles > 1
+        if self.strategy == "v1":
+            total = g * (g + 1) + 1
+            if tiled:
+                total += (q * h_tiles) * (q * w_tiles + 1)
+        else:
+            total = g * g + 1
+            if tiled:
+                total += (q * h_tiles) * (q * w_tiles)
+        return total
+
+
+_OCR1_MODES: dict[ModeName, Mode] = {
+    ModeName.TINY: Mode(ModeName.TINY, base_size=512, tile_size=512, crop=False),
+    ModeName.SMALL: Mode(ModeName.SMALL, base_size=640, tile_size=640, crop=False),
+    ModeName.BASE: Mode(ModeName.BASE, base_size=1024, tile_size=1024, crop=False),
+    ModeName.LARGE: Mode(ModeName.LARGE, base_size=1280, tile_size=1280, crop=False),
+    ModeName.GUNDAM: Mode(ModeName.GUNDAM, base_size=1024, tile_size=640, crop=True),
+}
+
+# DeepSeek-OCR-2's encoder only accepts a 1024 global view and 768 tiles (144 queries each).
+_OCR2_MODES: dict[ModeName, Mode] = {
+    ModeName.GUNDAM: Mode(ModeName.GUNDAM, base_size=1024, tile_size=768, crop=True, strategy="v2"),
+}
+
+
+def get_mode(
+    name: str | ModeName,
+    *,
+    family: ModelFamily = ModelFamily.OCR1,
+    max_crops: int | None = None,
+) -> Mode:
+    """Look up a mode by name for a model family.
+
+    Args:
+        name: One of ``tiny``, ``small``, ``base``, ``large``, ``gundam`` (case-insensitive).
+        family: The checkpoint family; DeepSeek-OCR-2 supports only ``gundam``.
+        max_crops: Overrides the tile limit of a cropping mode (2..9; DeepSeek-OCR-2: 2..6).
+
+    Raises:
+        ValueError: For an unknown name, a mode the family lacks, or ``max_crops`` out of range.
+    """
+    try:
+        mode_name = ModeName(str(name).lower())
+    except ValueError:
+        choices = ", ".join(m.value for m in ModeName)
+        raise ValueError(f"unknown mode {name!r}; expected one of: {choices}") from None
+    table = _OCR1_MODES if family is ModelFamily.OCR1 else _OCR2_MODES
+    if mode_name not in table:
+        choices = ", ".join(m.value for m in table)
+        raise ValueError(f"{family.value} does not support mode {mode_name.value!r}; use: {choices}")
+    mode = table[mode_name]
+    if max_crops is None:
+        return mode
+    if not mode.crop:
+        raise ValueError(f"max_crops applies only to cropping modes, not {mode_name.value!r}")
+    limit = MAX_CROPS_LIMIT if family is ModelFamily.OCR1 else DEFAULT_MAX_CROPS
+    if not MIN_CROPS <= max_crops <= limit:
+        raise ValueError(f"max_crops must be between {MIN_CROPS} and {limit}, got {max_crops}")
+    return replace(mode, max_crops=max_crops)

@@ -1,0 +1,144 @@
+"""The service's error hierarchy.
+
+Every error a request can end in is an :class:`OCRError`. Client errors (4xx) mean "change the
+request"; server errors (5xx) mean "try again later or call an operator". Each class carries a
+stable machine-readable ``code`` and its HTTP status on the class, and its ``__init__`` takes a
+single positional message so instances pickle cleanly across Ray Serve deployment handles.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class OCRError(Exception):
+    """Base of every error the service reports to a client."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    error_type: ClassVar[str] = "server_error"
+    retry_after_s: ClassVar[int | None] = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_body(self) -> dict[str, Any]:
+        """The OpenAI-style JSON error body: ``{"error": {message, type, code, param}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "code": self.code,
+                "param": None,
+            }
+        }
+
+
+class ClientError(OCRError):
+    """The request cannot be served as sent (HTTP 4xx)."""
+
+    status_code = 400
+    code = "invalid_request"
+    error_type = "invalid_request_error"
+
+
+class InvalidInputError(ClientError):
+    """A field or the payload is malformed (bad base64, unknown mode, bad parameter)."""
+
+    code = "invalid_input"
+
+
+class InvalidPageRangeError(ClientError):
+    """A ``pages`` selection such as ``1-3,7`` is malformed or outside the document."""
+
+    code = "invalid_page_range"
+
+
+class CorruptDocumentError(ClientError):
+    """The bytes claim to be an image or PDF but cannot be decoded."""
+
+    code = "corrupt_document"
+
+
+class PayloadTooLargeError(ClientError):
+    """The upload exceeds the configured byte limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class TooManyPagesError(ClientError):
+    """More pages were selected than one request may process."""
+
+    status_code = 413
+    code = "too_many_pages"
+
+
+class ImageTooLargeError(ClientError):
+    """The decoded image has more pixels than the configured limit."""
+
+    status_code = 413
+    code = "image_too_large"
+
+
+class UnsupportedMediaTypeError(ClientError):
+    """The input is neither a supported image format nor a PDF."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class EncryptedDocumentError(ClientError):
+    """The PDF needs a password."""
+
+    status_code = 422
+    code = "encrypted_document"
+
+
+class EmptyDocumentError(ClientError):
+    """The PDF has no pages."""
+
+    status_code = 422
+    code = "empty_document"
+
+
+class RateLimitedError(ClientError):
+    """Too many requests are queued; retry after ``retry_after_s`` seconds."""
+
+    status_code = 429
+    code = "rate_limited"
+    retry_after_s = 1
+
+
+class ServerError(OCRError):
+    """The service failed to serve a valid request (HTTP 5xx)."""
+
+
+class GenerationError(ServerError):
+    """The engine failed while generating."""
+
+    code = "generation_failed"
+
+
+class OverloadedError(ServerError):
+    """No engine capacity right now; retry after ``retry_after_s`` seconds."""
+
+    status_code = 503
+    code = "overloaded"
+    retry_after_s = 5
+
+
+class NotReadyError(ServerError):
+    """The engine is still loading."""
+
+    status_code = 503
+    code = "not_ready"
+    retry_after_s = 10
+
+
+class EngineTimeoutError(ServerError):
+    """The request did not finish within its deadline; its engine work was cancelled."""
+
+    status_code = 504
+    code = "timeout"
