@@ -127,7 +127,9 @@ def get_mode(
     table = _OCR1_MODES if family is ModelFamily.OCR1 else _OCR2_MODES
     if mode_name not in table:
         choices = ", ".join(m.value for m in table)
-        raise ValueError(f"{family.value} does not support mode {mode_name.value!r}; use: {choices}")
+        raise ValueError(
+            f"{family.value} does not support mode {mode_name.value!r}; use: {choices}"
+        )
     mode = table[mode_name]
     if max_crops is None:
         return mode

@@ -5,6 +5,7 @@ Nothing here reads files or the network; the same arguments always give the same
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
@@ -63,34 +64,39 @@ def encode(image: Image.Image, fmt: str = "PNG", *, exif_orientation: int | None
         kwargs["exif"] = exif.tobytes()
     if fmt == "JPEG":
         kwargs["quality"] = 90
+    elif fmt == "PNG":
+        kwargs["compress_level"] = 0  # noise does not compress; keep encoding fast
     image.save(buf, format=fmt, **kwargs)
     return buf.getvalue()
 
 
 def tie_sizes() -> list[tuple[int, int]]:
-    """Image sizes whose aspect ratio lies exactly between two Gundam grids (each at a small
-    and a large area, so both outcomes of the tie-break rule occur)."""
-    grids = candidate_grids(2, get_mode("gundam").max_crops)
-    ratios = sorted({i / j for i, j in grids})
+    """Image sizes whose aspect ratio lies exactly between two Gundam grids, each at the
+    smallest tiled size and at a size above every tie-break area threshold, so both
+    outcomes of the tie-break rule occur."""
+    mode = get_mode("gundam")
+    ratios = sorted({i / j for i, j in candidate_grids(2, mode.max_crops)})
+    threshold = 0.5 * mode.tile_size**2 * mode.max_crops
     sizes = []
     for lo, hi in zip(ratios, ratios[1:], strict=False):
         mid = (lo + hi) / 2
         if abs(mid - lo) != abs(mid - hi):
             continue
-        for height in (720, 1440):
-            width = round(mid * height)
-            if width / height == mid:
-                sizes.append((width, height))
+        exact = [(round(mid * h), h) for h in range(1, 8000) if round(mid * h) / h == mid]
+        tiled = [(w, h) for w, h in exact if max(w, h) > mode.tile_size]
+        sizes.append(tiled[0])
+        sizes.append(next((w, h) for w, h in tiled if w * h > threshold))
     return sizes
 
 
-def tiling_cases() -> list[ImageCase]:
+@functools.cache
+def tiling_cases() -> tuple[ImageCase, ...]:
     """The image set for the tiling equivalence test: sizes from 1x1 to 6000 px long,
     exact-640 and tie-breaking sizes, page sizes, every colour mode and EXIF orientations."""
     sizes = [
         (1, 1), (2, 3), (16, 16), (37, 19), (100, 50),
         (512, 512), (639, 639), (640, 480), (480, 640), (300, 640), (640, 100),
-        (640, 640), (641, 641), (641, 100), (100, 641), (641, 640),
+        (640, 640), (641, 641), (769, 769), (641, 100), (100, 641), (641, 640),
         (4000, 300), (300, 4000), (6000, 200), (200, 6000), (3000, 640), (1, 2000),
         A4_144DPI, LETTER_144DPI, A4_144DPI[::-1], LETTER_144DPI[::-1], (1819, 2573),
         (800, 640), (1600, 1280), (1000, 800), (1280, 1024),
@@ -105,14 +111,16 @@ def tiling_cases() -> list[ImageCase]:
             cases.append(ImageCase(f"{mode}-{w}x{h}", encode(image)))
     cmyk = noise_rgb(*LETTER_144DPI, seed=200).convert("CMYK")
     cases.append(ImageCase("cmyk-jpeg", encode(cmyk, "JPEG")))
-    cases.append(ImageCase("cmyk-tiff", encode(noise_rgb(700, 900, seed=201).convert("CMYK"), "TIFF")))
+    cases.append(
+        ImageCase("cmyk-tiff", encode(noise_rgb(700, 900, seed=201).convert("CMYK"), "TIFF"))
+    )
     for orientation in range(2, 9):
         image = noise_rgb(1300, 700, seed=300 + orientation)
         cases.append(
             ImageCase(f"exif-{orientation}", encode(image, "JPEG", exif_orientation=orientation))
         )
     cases.append(ImageCase("webp", encode(noise_rgb(900, 1400, seed=400), "WEBP")))
-    return cases
+    return tuple(cases)
 
 
 def text_pdf(num_pages: int, *, size: tuple[float, float] = (595, 842)) -> bytes:

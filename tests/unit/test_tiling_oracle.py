@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from serve_app.core.images import decode_image, to_model_rgb
-from serve_app.core.modes import get_mode
+from serve_app.core.modes import ModelFamily, get_mode
 from serve_app.core.tiling import PreparedImage, prepare_image
 from serve_app.testing.synthetic import ImageCase, tiling_cases
 
@@ -26,7 +26,13 @@ def vllm_processor_factory() -> Any:
     from serve_app.checkpoint.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
-    return lambda max_crops: DeepseekOCRProcessor(tokenizer=tokenizer, max_crops=max_crops)
+
+    def make(max_crops: int = 6, family: ModelFamily = ModelFamily.OCR1) -> Any:
+        if family is ModelFamily.OCR2:
+            return DeepseekOCRProcessor(tokenizer=tokenizer, image_size=768, strategy="v2")
+        return DeepseekOCRProcessor(tokenizer=tokenizer, max_crops=max_crops)
+
+    return make
 
 
 def vllm_views(processor: Any, data: bytes) -> tuple[torch.Tensor, torch.Tensor, list[int], int]:
@@ -58,7 +64,7 @@ def test_case_set_covers_what_the_issue_asks() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_gundam_views_equal_vllm_processor(case: ImageCase, vllm_processor_factory: Any) -> None:
-    ref_global, ref_tiles, ref_grid, ref_tokens = vllm_views(vllm_processor_factory(6), case.data)
+    ref_global, ref_tiles, ref_grid, ref_tokens = vllm_views(vllm_processor_factory(), case.data)
 
     prepared = prepare_image(to_model_rgb(decode_image(case.data)), get_mode("gundam"))
     ours_global, ours_tiles = normalised(prepared)
@@ -72,14 +78,35 @@ def test_gundam_views_equal_vllm_processor(case: ImageCase, vllm_processor_facto
 
 @pytest.mark.parametrize("max_crops", [2, 4, 9])
 @pytest.mark.parametrize("name", ["rgb-6000x200", "rgb-1190x1684", "rgb-1600x1280"])
-def test_max_crops_equal_vllm_processor(name: str, max_crops: int, vllm_processor_factory: Any) -> None:
+def test_max_crops_equal_vllm_processor(
+    name: str, max_crops: int, vllm_processor_factory: Any
+) -> None:
     data = next(c.data for c in CASES if c.name == name)
-    ref_global, ref_tiles, ref_grid, ref_tokens = vllm_views(vllm_processor_factory(max_crops), data)
+    processor = vllm_processor_factory(max_crops)
+    ref_global, ref_tiles, ref_grid, ref_tokens = vllm_views(processor, data)
 
-    prepared = prepare_image(to_model_rgb(decode_image(data)), get_mode("gundam", max_crops=max_crops))
+    mode = get_mode("gundam", max_crops=max_crops)
+    prepared = prepare_image(to_model_rgb(decode_image(data)), mode)
     ours_global, ours_tiles = normalised(prepared)
 
     assert prepared.grid[0] * prepared.grid[1] <= max_crops
+    assert (list(prepared.grid), prepared.num_image_tokens) == (ref_grid, ref_tokens)
+    assert torch.equal(ours_global, ref_global)
+    assert torch.equal(ours_tiles, ref_tiles)
+
+
+@pytest.mark.parametrize(
+    "name", ["rgb-640x640", "rgb-769x769", "rgb-1190x1684", "rgb-4000x300", "RGBA-500x300"]
+)
+def test_ocr2_views_equal_vllm_processor(name: str, vllm_processor_factory: Any) -> None:
+    data = next(c.data for c in CASES if c.name == name)
+    processor = vllm_processor_factory(family=ModelFamily.OCR2)
+    ref_global, ref_tiles, ref_grid, ref_tokens = vllm_views(processor, data)
+
+    mode = get_mode("gundam", family=ModelFamily.OCR2)
+    prepared = prepare_image(to_model_rgb(decode_image(data)), mode)
+    ours_global, ours_tiles = normalised(prepared)
+
     assert (list(prepared.grid), prepared.num_image_tokens) == (ref_grid, ref_tokens)
     assert torch.equal(ours_global, ref_global)
     assert torch.equal(ours_tiles, ref_tiles)
