@@ -90,8 +90,10 @@ def main() -> None:
         ("vLLM DeepseekOCRProcessor (float32)", rate_vllm),
     ):
         print(f"{name:<42}{rate:>10.2f}{rate / rate_vllm:>9.2f}x")
-    print(f"bytes per page to the engine: ours {bytes_ours / 2**20:.2f} MiB (uint8), "
-          f"vLLM {bytes_vllm / 2**20:.2f} MiB (float32), ratio {bytes_vllm / bytes_ours:.1f}x")  # fmt: skip
+    print(
+        f"bytes per page to the engine: ours {bytes_ours / 2**20:.2f} MiB (uint8), "
+        f"vLLM {bytes_vllm / 2**20:.2f} MiB (float32), ratio {bytes_vllm / bytes_ours:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -61,32 +61,33 @@ class Mode:
     def min_crops(self) -> int:
         return MIN_CROPS
 
-    def queries(self, side: int) -> int:
-        """Feature-map side after the SAM encoder for a square input of ``side`` pixels."""
-        return math.ceil((side // PATCH_SIZE) / DOWNSAMPLE_RATIO)
-
     def num_image_tokens(self, grid: tuple[int, int]) -> int:
-        """Number of ``<image>`` placeholder tokens for one image tiled as ``grid``.
+        """Number of ``<image>`` placeholder tokens for one image tiled as ``grid``
+        (``(width_tiles, height_tiles)``; ``(1, 1)`` means no local tiles)."""
+        return image_token_count(self.base_size, self.tile_size, grid, self.strategy)
 
-        Args:
-            grid: ``(width_tiles, height_tiles)``; ``(1, 1)`` means no local tiles.
 
-        Returns:
-            Global-view tokens, plus one view separator, plus local-tile tokens.
-        """
-        g = self.queries(self.base_size)
-        q = self.queries(self.tile_size)
-        w_tiles, h_tiles = grid
-        tiled = w_tiles > 1 or h_tiles > 1
-        if self.strategy == "v1":
-            total = g * (g + 1) + 1
-            if tiled:
-                total += (q * h_tiles) * (q * w_tiles + 1)
-        else:
-            total = g * g + 1
-            if tiled:
-                total += (q * h_tiles) * (q * w_tiles)
-        return total
+def image_token_count(
+    base_size: int, tile_size: int, grid: tuple[int, int], strategy: Literal["v1", "v2"] = "v1"
+) -> int:
+    """Placeholder tokens for a global view of ``base_size`` and a ``grid`` of tiles.
+
+    ``v1`` (DeepSeek-OCR): ``g*(g+1)`` global tokens (a newline per row), a view separator,
+    and ``(q*h)*(q*w+1)`` local tokens when tiled, with ``g = base/64`` and ``q = tile/64``.
+    ``v2`` (DeepSeek-OCR-2): the same without newline tokens.
+
+    >>> image_token_count(1024, 640, (2, 3))
+    903
+    """
+    g = math.ceil((base_size // PATCH_SIZE) / DOWNSAMPLE_RATIO)
+    q = math.ceil((tile_size // PATCH_SIZE) / DOWNSAMPLE_RATIO)
+    w_tiles, h_tiles = grid
+    tiled = w_tiles > 1 or h_tiles > 1
+    newline = 1 if strategy == "v1" else 0
+    total = g * (g + newline) + 1
+    if tiled:
+        total += (q * h_tiles) * (q * w_tiles + newline)
+    return total
 
 
 _OCR1_MODES: dict[ModeName, Mode] = {

@@ -1,0 +1,1 @@
+"""The engine seam: a small protocol, the vLLM implementation and a fake."""
