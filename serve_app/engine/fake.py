@@ -1,0 +1,118 @@
+"""A deterministic stand-in for the model: scripted grounded output, latency, faults.
+
+The output is a small DeepSeek-OCR-style document derived from the image (size, tile grid)
+and the prompt, so pipelines downstream see realistic markup. Same request, same output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator
+
+from serve_app.config import FakeEngineConfig, SamplingConfig
+from serve_app.engine.protocol import FinishReason, GenerateRequest, GenerateUpdate
+from serve_app.errors import GenerationError, InvalidInputError, NotReadyError
+
+VOCAB_SIZE = 272
+_TOKEN_RE_SPLIT = 4  # characters per fake token
+
+
+def scripted_output(request: GenerateRequest) -> str:
+    """The fake model's full answer for a request (before ``max_tokens`` is applied)."""
+    image = request.image
+    head = f"Page {image.width}x{image.height}, grid {image.grid[0]}x{image.grid[1]}"
+    if "<|grounding|>" not in request.prompt:
+        return f"{head}\n\nFree text of a {image.mode.name} view.\n"
+    return (
+        "<|ref|>title<|/ref|><|det|>[[60, 40, 940, 90]]<|/det|>\n"
+        f"# {head}\n\n"
+        "<|ref|>text<|/ref|><|det|>[[60, 120, 940, 300]]<|/det|>\n"
+        f"Recognised with {image.num_image_tokens} image tokens in {image.mode.name} mode.\n\n"
+        "<|ref|>image<|/ref|><|det|>[[100, 350, 500, 650]]<|/det|>\n \n\n"
+        "<|ref|>image_caption<|/ref|><|det|>[[100, 660, 500, 690]]<|/det|>\n"
+        "<center>Figure 1: a scripted figure.</center>\n\n"
+        "<|ref|>table<|/ref|><|det|>[[60, 720, 940, 900]]<|/det|>\n"
+        "<table><tr><td>mode</td><td>tokens</td></tr>"
+        f"<tr><td>{image.mode.name}</td><td>{image.num_image_tokens}</td></tr></table>\n"
+    )
+
+
+def _tokens(text: str) -> list[str]:
+    return [text[i : i + _TOKEN_RE_SPLIT] for i in range(0, len(text), _TOKEN_RE_SPLIT)]
+
+
+class FakeEngine:
+    """Implements :class:`serve_app.engine.protocol.OCREngine` without a model.
+
+    Faults are injected by request number (1-based, counted from start): every
+    ``fail_every``-th request raises :class:`GenerationError`, every ``truncate_every``-th
+    one stops at a quarter of its output with ``finish_reason="length"``.
+    """
+
+    def __init__(self, config: FakeEngineConfig, sampling: SamplingConfig) -> None:
+        self._config = config
+        self._sampling = sampling
+        self._ready = False
+        self._requests = 0
+        self._running: dict[str, asyncio.Event] = {}
+
+    async def start(self) -> None:
+        await asyncio.sleep(self._config.start_latency_s)
+        self._ready = True
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    def num_unfinished(self) -> int:
+        return len(self._running)
+
+    async def abort(self, request_id: str) -> None:
+        if request_id in self._running:
+            self._running[request_id].set()
+
+    async def shutdown(self) -> None:
+        for event in self._running.values():
+            event.set()
+        self._ready = False
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateUpdate]:
+        if not self._ready:
+            raise NotReadyError("the engine is still starting")
+        if request.request_id in self._running:
+            raise InvalidInputError(f"request id {request.request_id!r} is already running")
+        if not request.prompt.startswith("<image>"):
+            raise InvalidInputError("the prompt must start with the <image> placeholder")
+        self._requests += 1
+        number = self._requests
+        if self._config.fail_every and number % self._config.fail_every == 0:
+            raise GenerationError(f"injected failure on request {number}")
+        tokens = _tokens(scripted_output(request))
+        limit = request.max_tokens or self._sampling.max_tokens
+        if self._config.truncate_every and number % self._config.truncate_every == 0:
+            limit = min(limit, max(1, len(tokens) // 4))
+        finish: FinishReason = "length" if len(tokens) > limit else "stop"
+        tokens = tokens[:limit]
+        prompt_tokens = 1 + len(request.prompt.encode()) - 6 + request.image.num_image_tokens
+        aborted = asyncio.Event()
+        self._running[request.request_id] = aborted
+        try:
+            await asyncio.sleep(self._config.first_token_latency_s)
+            step = self._config.tokens_per_update
+            for start in range(0, len(tokens), step):
+                if aborted.is_set():
+                    yield GenerateUpdate("", (), None, "abort", prompt_tokens, start)
+                    return
+                chunk = tokens[start : start + step]
+                await asyncio.sleep(self._config.token_latency_s * len(chunk))
+                done = start + step >= len(tokens)
+                yield GenerateUpdate(
+                    text="".join(chunk),
+                    token_ids=tuple(zlib.crc32(t.encode()) % VOCAB_SIZE for t in chunk),
+                    logprobs=tuple(-0.1 for _ in chunk) if request.logprobs else None,
+                    finish_reason=finish if done else None,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=start + len(chunk),
+                )
+        finally:
+            del self._running[request.request_id]
