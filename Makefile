@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup test lint fmt bench serve
+.PHONY: setup test lint fmt bench bench-engine serve
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -40,6 +40,10 @@ fmt: setup
 
 bench: setup
 	$(PY) -m bench.tiling
+
+# Starts two real engines in turn (several minutes on a 2-core machine).
+bench-engine: setup
+	$(PY) -m bench.engine
 
 serve: setup
 	@echo "The Ray Serve application arrives with its own issue; 'make serve' will run" \

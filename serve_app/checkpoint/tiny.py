@@ -20,13 +20,18 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
 from serve_app.checkpoint.tokenizer import build_tokenizer
+from serve_app.core.modes import ModelFamily
 
-ARCHITECTURE = "DeepseekOCRForCausalLM"
+ARCHITECTURES = {
+    ModelFamily.OCR1: "DeepseekOCRForCausalLM",
+    ModelFamily.OCR2: "DeepseekOCR2ForCausalLM",
+}
 FORMAT_VERSION = 1  # bump when the layout or init below changes
 
 HIDDEN = 128
@@ -40,6 +45,9 @@ EXPERTS_PER_TOKEN = 2
 
 SAM_DIM, SAM_DEPTH, SAM_GLOBAL_ATTN = 768, 12, (2, 5, 8, 11)
 CLIP_DIM, CLIP_DEPTH, CLIP_MLP = 1024, 24, 4096
+# DeepSeek-OCR-2: SAM ends in 896 channels, then a Qwen2-0.5B-shaped encoder with queries.
+QWEN_DIM, QWEN_DEPTH, QWEN_KV_DIM, QWEN_MLP = 896, 24, 128, 4864
+QWEN_QUERIES = {"query_768": 144, "query_1024": 256}
 
 VISION_STD, LM_STD, EMBED_STD = 0.02, 0.3, 1.0
 
@@ -75,10 +83,17 @@ def language_config(vocab_size: int, bos_id: int, eos_id: int) -> dict[str, obje
     }
 
 
-def model_config(vocab_size: int, bos_id: int, eos_id: int) -> dict[str, object]:
-    """``config.json`` of the tiny model, shaped like the real DeepSeek-OCR one."""
+def vision_width(family: ModelFamily) -> int:
+    """Width of the features the projector reads."""
+    return 2 * CLIP_DIM if family is ModelFamily.OCR1 else QWEN_DIM
+
+
+def model_config(
+    vocab_size: int, bos_id: int, eos_id: int, family: ModelFamily = ModelFamily.OCR1
+) -> dict[str, object]:
+    """``config.json`` of the tiny model, shaped like the real DeepSeek-OCR(-2) one."""
     return {
-        "architectures": [ARCHITECTURE],
+        "architectures": [ARCHITECTURES[family]],
         "model_type": "deepseek_vl_v2",
         "tile_tag": "2D",
         "global_view_pos": "head",
@@ -88,7 +103,7 @@ def model_config(vocab_size: int, bos_id: int, eos_id: int) -> dict[str, object]
         "projector_config": {
             "model_type": "mlp_projector",
             "projector_type": "linear",
-            "input_dim": 2 * CLIP_DIM,
+            "input_dim": vision_width(family),
             "n_embed": HIDDEN,
         },
         "language_config": language_config(vocab_size, bos_id, eos_id),
@@ -98,7 +113,7 @@ def model_config(vocab_size: int, bos_id: int, eos_id: int) -> dict[str, object]
     }
 
 
-def _sam_shapes() -> Iterator[tuple[str, tuple[int, ...]]]:
+def _sam_shapes(last_channels: int = 1024) -> Iterator[tuple[str, tuple[int, ...]]]:
     d = SAM_DIM
     yield "pos_embed", (1, 64, 64, d)
     yield "patch_embed.proj.weight", (d, 3, 16, 16)
@@ -127,7 +142,7 @@ def _sam_shapes() -> Iterator[tuple[str, tuple[int, ...]]]:
     yield "neck.3.weight", (256,)
     yield "neck.3.bias", (256,)
     yield "net_2.weight", (512, 256, 3, 3)
-    yield "net_3.weight", (1024, 512, 3, 3)
+    yield "net_3.weight", (last_channels, 512, 3, 3)
 
 
 def _clip_shapes() -> Iterator[tuple[str, tuple[int, ...]]]:
@@ -151,6 +166,27 @@ def _clip_shapes() -> Iterator[tuple[str, tuple[int, ...]]]:
         yield b + "mlp.fc1.bias", (CLIP_MLP,)
         yield b + "mlp.fc2.weight", (d, CLIP_MLP)
         yield b + "mlp.fc2.bias", (d,)
+
+
+def _qwen_encoder_shapes() -> Iterator[tuple[str, tuple[int, ...]]]:
+    d = QWEN_DIM
+    for i in range(QWEN_DEPTH):
+        b = f"model.model.layers.{i}."
+        yield b + "self_attn.q_proj.weight", (d, d)
+        yield b + "self_attn.q_proj.bias", (d,)
+        yield b + "self_attn.k_proj.weight", (QWEN_KV_DIM, d)
+        yield b + "self_attn.k_proj.bias", (QWEN_KV_DIM,)
+        yield b + "self_attn.v_proj.weight", (QWEN_KV_DIM, d)
+        yield b + "self_attn.v_proj.bias", (QWEN_KV_DIM,)
+        yield b + "self_attn.o_proj.weight", (d, d)
+        yield b + "mlp.gate_proj.weight", (QWEN_MLP, d)
+        yield b + "mlp.up_proj.weight", (QWEN_MLP, d)
+        yield b + "mlp.down_proj.weight", (d, QWEN_MLP)
+        yield b + "input_layernorm.weight", (d,)
+        yield b + "post_attention_layernorm.weight", (d,)
+    yield "model.model.norm.weight", (d,)
+    for name, count in QWEN_QUERIES.items():
+        yield f"{name}.weight", (count, d)
 
 
 def _language_shapes(vocab_size: int) -> Iterator[tuple[str, tuple[int, ...]]]:
@@ -179,14 +215,20 @@ def _mlp_shapes(prefix: str, inner: int) -> Iterator[tuple[str, tuple[int, ...]]
     yield prefix + "down_proj.weight", (HIDDEN, inner)
 
 
-def parameter_shapes(vocab_size: int) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the checkpoint, by its name in the original DeepSeek-OCR checkpoint."""
+def parameter_shapes(
+    vocab_size: int, family: ModelFamily = ModelFamily.OCR1
+) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the checkpoint, by its name in the original checkpoint."""
     shapes: dict[str, tuple[int, ...]] = {}
-    shapes.update((f"model.sam_model.{n}", s) for n, s in _sam_shapes())
-    shapes.update((f"model.vision_model.{n}", s) for n, s in _clip_shapes())
-    shapes["model.projector.layers.weight"] = (HIDDEN, 2 * CLIP_DIM)
+    if family is ModelFamily.OCR1:
+        shapes.update((f"model.sam_model.{n}", s) for n, s in _sam_shapes())
+        shapes.update((f"model.vision_model.{n}", s) for n, s in _clip_shapes())
+        shapes["model.image_newline"] = (HIDDEN,)
+    else:
+        shapes.update((f"model.sam_model.{n}", s) for n, s in _sam_shapes(QWEN_DIM))
+        shapes.update((f"model.qwen2_model.{n}", s) for n, s in _qwen_encoder_shapes())
+    shapes["model.projector.layers.weight"] = (HIDDEN, vision_width(family))
     shapes["model.projector.layers.bias"] = (HIDDEN,)
-    shapes["model.image_newline"] = (HIDDEN,)
     shapes["model.view_seperator"] = (HIDDEN,)  # sic: the original checkpoint's spelling
     shapes.update(_language_shapes(vocab_size))
     return shapes
@@ -220,30 +262,36 @@ def init_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator) -
     return torch.randn(shape, generator=generator) * std
 
 
-def spec_digest(seed: int) -> str:
-    """Identifies what :func:`write_checkpoint` writes for ``seed``; names the cache entry."""
+def _config_for(tokenizer: Any, family: ModelFamily) -> dict[str, object]:
+    return model_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, family)
+
+
+def spec_digest(seed: int, family: ModelFamily = ModelFamily.OCR1) -> str:
+    """Identifies what :func:`write_checkpoint` writes; names the cache entry."""
     tokenizer = build_tokenizer()
     spec = {
         "format": FORMAT_VERSION,
         "seed": seed,
-        "config": model_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id),
+        "config": _config_for(tokenizer, family),
         "vocab": sorted(tokenizer.get_vocab().items()),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def write_checkpoint(out_dir: Path, *, seed: int = 0) -> Path:
+def write_checkpoint(
+    out_dir: Path, *, seed: int = 0, family: ModelFamily = ModelFamily.OCR1
+) -> Path:
     """Write the checkpoint into ``out_dir`` (created; must not exist yet). Returns it."""
     tokenizer = build_tokenizer()
     vocab_size = len(tokenizer)
     out_dir.mkdir(parents=True)
-    config = model_config(vocab_size, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    config = _config_for(tokenizer, family)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     tokenizer.save_pretrained(out_dir)
     generator = torch.Generator().manual_seed(seed)
     tensors = {
         name: init_tensor(name, shape, generator).to(torch.bfloat16).contiguous()
-        for name, shape in parameter_shapes(vocab_size).items()
+        for name, shape in parameter_shapes(vocab_size, family).items()
     }
     save_file(tensors, out_dir / "model.safetensors", metadata={"format": "pt"})
     return out_dir
@@ -254,20 +302,22 @@ def default_cache_dir() -> Path:
     return Path(root) / "checkpoints"
 
 
-def ensure_checkpoint(cache_dir: Path | None = None, *, seed: int = 0) -> Path:
-    """The cached tiny checkpoint for ``seed``, written first if it is not there yet.
+def ensure_checkpoint(
+    cache_dir: Path | None = None, *, seed: int = 0, family: ModelFamily = ModelFamily.OCR1
+) -> Path:
+    """The cached tiny checkpoint, written first if it is not there yet.
 
     Safe when several processes race: each writes to a temporary directory and the first
     rename wins.
     """
     cache_dir = cache_dir or default_cache_dir()
-    target = cache_dir / f"tiny-deepseek-ocr-{spec_digest(seed)}"
+    target = cache_dir / f"tiny-{family.value}-{spec_digest(seed, family)}"
     if (target / "model.safetensors").is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache_dir))
     try:
-        write_checkpoint(scratch / "ckpt", seed=seed)
+        write_checkpoint(scratch / "ckpt", seed=seed, family=family)
         try:
             (scratch / "ckpt").rename(target)
         except OSError:
@@ -285,8 +335,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--family", type=ModelFamily, choices=list(ModelFamily), default=ModelFamily.OCR1
+    )
     args = parser.parse_args(argv)
-    print(ensure_checkpoint(args.cache_dir, seed=args.seed))  # noqa: T201
+    print(ensure_checkpoint(args.cache_dir, seed=args.seed, family=args.family))  # noqa: T201
 
 
 if __name__ == "__main__":

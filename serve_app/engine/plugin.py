@@ -7,13 +7,19 @@ module is named lazily, so processes that never build the model do not import it
 
 from __future__ import annotations
 
-ARCHITECTURE = "DeepseekOCRServeForCausalLM"
-MODEL_CLASS = "serve_app.engine.model:DeepseekOCRServeForCausalLM"
+from serve_app.core.modes import ModelFamily
+
+ARCHITECTURES = {
+    ModelFamily.OCR1: "DeepseekOCRServeForCausalLM",
+    ModelFamily.OCR2: "DeepseekOCR2ServeForCausalLM",
+}
 
 
 def register() -> None:
-    """Make :data:`ARCHITECTURE` known to vLLM's model registry (idempotent)."""
+    """Make our architectures known to vLLM's model registry (idempotent)."""
     from vllm import ModelRegistry
 
-    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
+    supported = ModelRegistry.get_supported_archs()
+    for name in ARCHITECTURES.values():
+        if name not in supported:
+            ModelRegistry.register_model(name, f"serve_app.engine.model:{name}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from serve_app.core.modes import ModelFamily
 from serve_app.errors import ServerError
 
 TINY = "tiny"
@@ -26,7 +27,7 @@ def _hint(model: str) -> str:
     )
 
 
-def resolve_model(model: str) -> Path:
+def resolve_model(model: str, family: ModelFamily = ModelFamily.OCR1) -> Path:
     """The local directory to load ``model`` from.
 
     Raises:
@@ -35,7 +36,7 @@ def resolve_model(model: str) -> Path:
     if model == TINY:
         from serve_app.checkpoint.tiny import ensure_checkpoint
 
-        return ensure_checkpoint()
+        return ensure_checkpoint(family=family)
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -6,9 +6,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from serve_app.config import EngineConfig
-from serve_app.core.modes import ModelFamily
 from serve_app.core.prompts import IMAGE_PLACEHOLDER
-from serve_app.engine.plugin import ARCHITECTURE
+from serve_app.engine.plugin import ARCHITECTURES
 from serve_app.engine.protocol import FinishReason, GenerateRequest, GenerateUpdate
 from serve_app.engine.source import resolve_model
 from serve_app.errors import GenerationError, InvalidInputError, NotReadyError
@@ -20,11 +19,9 @@ def engine_args(config: EngineConfig, model_path: str) -> Any:
     """``AsyncEngineArgs`` for the config: the plugin model, caches off, profile defaults."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    if config.family is not ModelFamily.OCR1:
-        raise ValueError(f"the pre-tiled plugin serves {ModelFamily.OCR1.value} only")
     return AsyncEngineArgs(
         model=model_path,
-        hf_overrides={"architectures": [ARCHITECTURE]},
+        hf_overrides={"architectures": [ARCHITECTURES[config.family]]},
         enable_mm_embeds=True,
         limit_mm_per_prompt={"image": 1},
         # Pages are unique: prefix and processor caches would only cost hashing and memory.
@@ -54,7 +51,7 @@ class VLLMEngine:
     async def start(self) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        model_path = resolve_model(self._config.model)
+        model_path = resolve_model(self._config.model, self._config.family)
         self._llm = AsyncLLM.from_engine_args(engine_args(self._config, str(model_path)))
         tokenizer = self._llm.get_tokenizer()
         vocab = tokenizer.get_vocab()
