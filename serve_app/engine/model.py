@@ -227,22 +227,40 @@ class _PreTiledEmbedding:
         return views.to(torch.float32).div(255).sub(0.5).div(0.5).to(dtype)
 
 
-class PreTiledProcessingInfo(DeepseekOCRProcessingInfo):
+class _PreTiledInfo:
+    """Processing-info mixin: parse dict image items as pre-tiled views."""
+
+    geometry: ViewGeometry
+
     def get_data_parser(self) -> MultiModalDataParser:
-        return _parser(self, OCR1_GEOMETRY)
+        return _parser(self, self.geometry)
 
 
-class PreTiledMultiModalProcessor(DeepseekOCRMultiModalProcessor):
+class _PreTiledPrompts:
+    """Processor mixin: size placeholder runs of pre-tiled items from the items."""
+
+    geometry: ViewGeometry
+
     def _get_prompt_updates(
         self,
         mm_items: MultiModalDataItems,
         hf_processor_mm_kwargs: Mapping[str, object],
         out_mm_kwargs: MultiModalKwargsItems,
     ) -> Sequence[PromptUpdate]:
-        updates = _prompt_updates(self, OCR1_GEOMETRY, mm_items, hf_processor_mm_kwargs)
+        updates = _prompt_updates(self, self.geometry, mm_items, hf_processor_mm_kwargs)
         if updates is None:
-            return super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+            return super()._get_prompt_updates(  # type: ignore[misc]
+                mm_items, hf_processor_mm_kwargs, out_mm_kwargs
+            )
         return updates
+
+
+class PreTiledProcessingInfo(_PreTiledInfo, DeepseekOCRProcessingInfo):
+    geometry = OCR1_GEOMETRY
+
+
+class PreTiledMultiModalProcessor(_PreTiledPrompts, DeepseekOCRMultiModalProcessor):
+    geometry = OCR1_GEOMETRY
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -256,22 +274,12 @@ class DeepseekOCRServeForCausalLM(_PreTiledEmbedding, DeepseekOCRForCausalLM):  
     geometry = OCR1_GEOMETRY
 
 
-class PreTiledOCR2ProcessingInfo(DeepseekOCR2ProcessingInfo):
-    def get_data_parser(self) -> MultiModalDataParser:
-        return _parser(self, OCR2_GEOMETRY)
+class PreTiledOCR2ProcessingInfo(_PreTiledInfo, DeepseekOCR2ProcessingInfo):
+    geometry = OCR2_GEOMETRY
 
 
-class PreTiledOCR2MultiModalProcessor(DeepseekOCR2MultiModalProcessor):
-    def _get_prompt_updates(
-        self,
-        mm_items: MultiModalDataItems,
-        hf_processor_mm_kwargs: Mapping[str, object],
-        out_mm_kwargs: MultiModalKwargsItems,
-    ) -> Sequence[PromptUpdate]:
-        updates = _prompt_updates(self, OCR2_GEOMETRY, mm_items, hf_processor_mm_kwargs)
-        if updates is None:
-            return super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
-        return updates
+class PreTiledOCR2MultiModalProcessor(_PreTiledPrompts, DeepseekOCR2MultiModalProcessor):
+    geometry = OCR2_GEOMETRY
 
 
 @MULTIMODAL_REGISTRY.register_processor(

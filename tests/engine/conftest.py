@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from serve_app.config import EngineConfig
 from serve_app.engine.fake import FakeEngine
 from serve_app.engine.protocol import OCREngine
-from serve_app.engine.vllm_engine import VLLMEngine
+from serve_app.engine.source import resolve_model
+from serve_app.engine.vllm_engine import VLLMEngine, engine_args
 from tests.support import LoopThread
 
 # Small enough for CPU tests; the real default is 8192.
@@ -45,3 +48,16 @@ def engine(request: pytest.FixtureRequest) -> OCREngine:
     """Each contract test runs against both implementations."""
     name = "fake_engine" if request.param == "fake" else "vllm_engine"
     return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+def start_builtin(loop: LoopThread, config: EngineConfig) -> Any:
+    """Plain vLLM: the built-in model class on the same checkpoint, fed PIL images."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    args = engine_args(config, str(resolve_model(config.model, config.family)))
+    args = dataclasses.replace(args, hf_overrides={}, enable_mm_embeds=False)
+
+    async def start() -> Any:
+        return AsyncLLM.from_engine_args(args)
+
+    return loop.run(start())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -15,10 +14,9 @@ from serve_app.core.prompts import Task, build_prompt
 from serve_app.core.tiling import prepare_image
 from serve_app.engine.protocol import GenerateRequest
 from serve_app.engine.recognize import generate_once
-from serve_app.engine.source import resolve_model
-from serve_app.engine.vllm_engine import VLLMEngine, engine_args
+from serve_app.engine.vllm_engine import VLLMEngine
 from serve_app.testing.synthetic import noise_rgb
-from tests.engine.conftest import TEST_ENGINE_CONFIG
+from tests.engine.conftest import TEST_ENGINE_CONFIG, start_builtin
 from tests.support import LoopThread
 
 pytestmark = pytest.mark.engine
@@ -38,15 +36,7 @@ def ocr2_engine(loop: LoopThread) -> Iterator[VLLMEngine]:
 
 @pytest.fixture(scope="module")
 def ocr2_builtin(loop: LoopThread) -> Iterator[Any]:
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    args = engine_args(CONFIG, str(resolve_model(CONFIG.model, CONFIG.family)))
-    args = dataclasses.replace(args, hf_overrides={}, enable_mm_embeds=False)
-
-    async def start() -> Any:
-        return AsyncLLM.from_engine_args(args)
-
-    llm = loop.run(start())
+    llm = start_builtin(loop, CONFIG)
     yield llm
     llm.shutdown()
 

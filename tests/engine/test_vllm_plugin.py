@@ -17,10 +17,9 @@ from serve_app.core.prompts import Task, build_prompt
 from serve_app.core.tiling import prepare_image
 from serve_app.engine.protocol import GenerateRequest
 from serve_app.engine.recognize import PageGeneration, generate_once
-from serve_app.engine.source import resolve_model
-from serve_app.engine.vllm_engine import VLLMEngine, engine_args
+from serve_app.engine.vllm_engine import VLLMEngine
 from serve_app.testing.synthetic import noise_rgb, text_pdf
-from tests.engine.conftest import TEST_ENGINE_CONFIG
+from tests.engine.conftest import TEST_ENGINE_CONFIG, start_builtin
 from tests.support import LoopThread
 
 pytestmark = pytest.mark.engine
@@ -52,15 +51,7 @@ def run(loop: LoopThread, engine: VLLMEngine, req: GenerateRequest) -> PageGener
 @pytest.fixture(scope="module")
 def builtin_llm(loop: LoopThread) -> Iterator[Any]:
     """Plain vLLM: the built-in DeepseekOCRForCausalLM on the same checkpoint, fed PIL images."""
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    args = engine_args(TEST_ENGINE_CONFIG, str(resolve_model(TEST_ENGINE_CONFIG.model)))
-    args = dataclasses.replace(args, hf_overrides={}, enable_mm_embeds=False)
-
-    async def start() -> Any:
-        return AsyncLLM.from_engine_args(args)
-
-    llm = loop.run(start())
+    llm = start_builtin(loop, TEST_ENGINE_CONFIG)
     yield llm
     llm.shutdown()
 
