@@ -111,3 +111,42 @@ class EngineConfig(_Config):
     @property
     def resolved_enforce_eager(self) -> bool:
         return self.enforce_eager if self.enforce_eager is not None else self.profile == "cpu"
+
+
+class PreprocessConfig(_Config):
+    """Decoding, PDF rendering and tiling limits."""
+
+    default_mode: str = Field("gundam", description="Mode when a request names none.")
+    default_dpi: int = Field(144, ge=36, le=600, description="PDF render resolution.")
+    max_dpi: int = Field(300, ge=36, le=600)
+    max_image_pixels: int = Field(64_000_000, ge=1, description="Decoded image size limit.")
+    max_page_pixels: int = Field(40_000_000, ge=1, description="Rendered PDF page size limit.")
+
+
+class PostprocessConfig(_Config):
+    """Figure crops and annotated pages."""
+
+    figure_jpeg_quality: int = Field(90, ge=1, le=100)
+
+
+class IngressConfig(_Config):
+    """HTTP limits and per-request behaviour."""
+
+    max_upload_bytes: int = Field(50 * 2**20, ge=1, description="Larger uploads get 413.")
+    max_pages: int = Field(500, ge=1, description="Pages one request may select.")
+    pages_in_flight: int = Field(
+        8, ge=1, description="Pages of one request processed concurrently (bounds memory)."
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="Whole-request deadline; past it the answer is 504."
+    )
+    model_name: str = Field("deepseek-ocr", description="Model id shown by /v1/models.")
+
+
+class AppConfig(_Config):
+    """The whole application: ``serve_config.yaml`` ``args:`` validate against this."""
+
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)

@@ -142,3 +142,19 @@ class EngineTimeoutError(ServerError):
 
     status_code = 504
     code = "timeout"
+
+
+def as_ocr_error(exc: BaseException) -> OCRError:
+    """The :class:`OCRError` behind ``exc``; anything else becomes a generic server error.
+
+    Errors raised in another Ray Serve deployment arrive wrapped (Ray's task error keeps the
+    original as ``cause``); the message of an unexpected error is not passed to clients.
+    """
+    for _ in range(5):
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException):
+            break
+        exc = cause
+    if isinstance(exc, OCRError):
+        return exc
+    return ServerError(f"internal error ({type(exc).__name__})")

@@ -1,0 +1,1 @@
+"""Ray Serve glue: one thin deployment per stage, and the application builder."""

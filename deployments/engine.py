@@ -1,0 +1,34 @@
+"""Engine deployment: one engine (vLLM AsyncLLM, or the fake) per replica."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+
+from serve_app.config import EngineConfig
+from serve_app.core.tiling import PreparedImage
+from serve_app.engine import make_engine
+from serve_app.engine.recognize import PageGeneration
+from serve_app.pipeline import OCROptions
+from serve_app.stages import Recognizer
+
+
+@serve.deployment
+class EngineDeployment:
+    async def __init__(self, config: EngineConfig) -> None:
+        engine = make_engine(config)
+        await asyncio.wait_for(engine.start(), timeout=config.start_timeout_s)
+        self._recognizer = Recognizer(engine, config)
+
+    async def recognize(
+        self, image: PreparedImage, options: OCROptions, request_id: str
+    ) -> PageGeneration:
+        return await self._recognizer.recognize(image, options, request_id)
+
+    def ready(self) -> bool:
+        return self._recognizer.engine.is_ready()
+
+    def check_health(self) -> None:
+        if not self._recognizer.engine.is_ready():
+            raise RuntimeError("engine is not ready")

@@ -1,0 +1,180 @@
+"""HTTP ingress: FastAPI routes on Ray Serve; the work happens in the other deployments."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.config import IngressConfig, PreprocessConfig
+from serve_app.core.document import PageResult, bundle_zip
+from serve_app.engine.recognize import PageGeneration
+from serve_app.errors import EngineTimeoutError, InvalidInputError, NotReadyError, as_ocr_error
+from serve_app.http import error_response, read_ocr_request
+from serve_app.pipeline import DocumentInfo, OCROptions, OCRPipeline, PageReport, PreparedPage
+from serve_app.responses import document_json, page_json, summary_json
+
+api = FastAPI(
+    title="DeepSeek-OCR",
+    summary="Images and PDFs to markdown, text and layout boxes.",
+    version="0.1.0",
+)
+
+
+@api.exception_handler(Exception)
+async def _on_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(as_ocr_error(exc))
+
+
+@api.exception_handler(RequestValidationError)
+async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(InvalidInputError(str(exc.errors())))
+
+
+class HandleStages:
+    """The pipeline's stages as calls to the other deployments."""
+
+    def __init__(
+        self,
+        pre: DeploymentHandle,
+        engine: DeploymentHandle,
+        post: DeploymentHandle,
+        max_pages: int,
+    ) -> None:
+        self._pre, self._engine, self._post = pre, engine, post
+        self._max_pages = max_pages
+
+    async def inspect(self, source: object, options: OCROptions) -> DocumentInfo:
+        return await self._pre.inspect.remote(source, options, self._max_pages)
+
+    async def prepare(
+        self, source: object, index: int, number: int, options: OCROptions
+    ) -> PreparedPage:
+        return await self._pre.prepare.remote(source, index, number, options)
+
+    async def recognize(
+        self, page: PreparedPage, options: OCROptions, request_id: str
+    ) -> PageGeneration:
+        return await self._engine.recognize.remote(page.image, options, request_id)
+
+    async def postprocess(
+        self, page: PreparedPage, generation: PageGeneration, options: OCROptions
+    ) -> PageResult:
+        size = (page.image.width, page.image.height)
+        call = self._post.page.remote(page.number, size, page.pixels, generation.text, options)
+        return await call
+
+
+@serve.deployment
+@serve.ingress(api)
+class OCRIngress:
+    def __init__(
+        self,
+        config: IngressConfig,
+        preprocess_config: PreprocessConfig,
+        preprocess: DeploymentHandle,
+        engine: DeploymentHandle,
+        postprocess: DeploymentHandle,
+    ) -> None:
+        self._config = config
+        self._preprocess_config = preprocess_config
+        self._engine = engine
+        stages = HandleStages(preprocess, engine, postprocess, config.max_pages)
+        self._pipeline = OCRPipeline(stages, config.pages_in_flight)
+
+    @api.get("/health")
+    async def health(self) -> dict[str, str]:
+        """The ingress process is alive."""
+        return {"status": "ok"}
+
+    @api.get("/ready")
+    async def ready(self) -> dict[str, bool]:
+        """Every engine replica has loaded its model (503 until then)."""
+        try:
+            if await asyncio.wait_for(self._engine.ready.remote(), timeout=2.0):
+                return {"ready": True}
+        except TimeoutError:
+            pass
+        raise NotReadyError("the engine is still loading")
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        model = {"id": self._config.model_name, "object": "model", "owned_by": "deepseek-ai"}
+        return {"object": "list", "data": [model]}
+
+    @api.post("/v1/ocr")
+    async def ocr(self, request: Request) -> Response:
+        """OCR an image or PDF: multipart upload, JSON with base64 / data URL, or a raw body.
+
+        Options (form fields, JSON fields or query parameters): task, mode, max_crops, text,
+        pages, dpi, include_regions, include_figures, include_annotated, format (json|zip),
+        stream (one JSON line per page), max_tokens, temperature.
+        """
+        data, params = await read_ocr_request(request, self._config)
+        options = params.options(self._preprocess_config)
+        request_id = f"ocr-{uuid.uuid4().hex[:16]}"
+        source = ray.put(data)
+        info, pages = await self._pipeline.run(source, options, request_id)
+        if params.stream:
+            return StreamingResponse(
+                self._stream(request_id, info, pages, options), media_type="application/x-ndjson"
+            )
+        reports = await self._collect(pages)
+        if params.format == "zip":
+            return self._zip(request_id, info, reports, options)
+        return JSONResponse(
+            document_json(request_id, self._config.model_name, info, reports, options)
+        )
+
+    async def _collect(self, pages: AsyncIterator[PageReport]) -> list[PageReport]:
+        try:
+            async with asyncio.timeout(self._config.request_timeout_s):
+                return [report async for report in pages]
+        except TimeoutError:
+            raise EngineTimeoutError(
+                f"the request did not finish within {self._config.request_timeout_s:.0f} s"
+            ) from None
+
+    async def _stream(
+        self,
+        request_id: str,
+        info: DocumentInfo,
+        pages: AsyncIterator[PageReport],
+        options: OCROptions,
+    ) -> AsyncIterator[str]:
+        reports: list[PageReport] = []
+        try:
+            async with asyncio.timeout(self._config.request_timeout_s):
+                async for report in pages:
+                    reports.append(report)
+                    yield json.dumps(page_json(report, options)) + "\n"
+        except TimeoutError:
+            error = EngineTimeoutError("the request did not finish in time")
+            yield json.dumps({"object": "error", **error.to_body()}) + "\n"
+            return
+        yield json.dumps(summary_json(request_id, self._config.model_name, info, reports)) + "\n"
+
+    def _zip(
+        self, request_id: str, info: DocumentInfo, reports: list[PageReport], options: OCROptions
+    ) -> Response:
+        summary = document_json(request_id, self._config.model_name, info, reports, options)
+        for page in summary["pages"]:
+            page.pop("figures", None)
+            page.pop("annotated_image_base64", None)
+        dpi = options.dpi if info.kind == "pdf" else 72
+        data = bundle_zip(
+            [r.outcome for r in reports],
+            dpi=dpi,
+            extra_files={"result.json": json.dumps(summary, indent=2).encode()},
+        )
+        headers = {"Content-Disposition": f'attachment; filename="{request_id}.zip"'}
+        return Response(data, media_type="application/zip", headers=headers)

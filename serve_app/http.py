@@ -1,0 +1,126 @@
+"""HTTP request parsing and error responses for the ingress (FastAPI types, no Ray)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Literal
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serve_app.config import IngressConfig, PreprocessConfig
+from serve_app.core.prompts import parse_task
+from serve_app.errors import InvalidInputError, OCRError, PayloadTooLargeError
+from serve_app.pipeline import OCROptions
+
+
+class OCRParams(BaseModel):
+    """Options of ``POST /v1/ocr`` (JSON fields, form fields or query parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field("document", description="document, ocr, free, figure, describe, locate")
+    mode: str | None = Field(None, description="tiny, small, base, large, gundam")
+    max_crops: int | None = Field(None, description="Gundam tile limit, 2..9")
+    text: str | None = Field(None, description="What to find, for task=locate")
+    pages: str | None = Field(None, description="PDF pages, e.g. '1-3,7' (1-based)")
+    dpi: int | None = Field(None, ge=36, description="PDF render resolution")
+    include_regions: bool = True
+    include_figures: bool = False
+    include_annotated: bool = False
+    format: Literal["json", "zip"] = "json"
+    stream: bool = Field(False, description="One JSON line per finished page (NDJSON)")
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+
+    def options(self, preprocess: PreprocessConfig) -> OCROptions:
+        try:
+            task = parse_task(self.task)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+        return OCROptions(
+            task=task,
+            mode=self.mode or preprocess.default_mode,
+            max_crops=self.max_crops,
+            locate_text=self.text,
+            pages=self.pages,
+            dpi=self.dpi or preprocess.default_dpi,
+            include_regions=self.include_regions,
+            include_figures=self.include_figures or self.format == "zip",
+            include_annotated=self.include_annotated or self.format == "zip",
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+        )
+
+
+def decode_file_field(value: str) -> bytes:
+    """Bytes of a base64 string or a ``data:...;base64,`` URL."""
+    if value.startswith("data:"):
+        header, sep, value = value.partition(",")
+        if not sep or ";base64" not in header:
+            raise InvalidInputError("a data URL must be base64-encoded ('data:<type>;base64,...')")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError("'file' is not valid base64") from None
+
+
+async def read_ocr_request(request: Request, config: IngressConfig) -> tuple[bytes, OCRParams]:
+    """The uploaded bytes and options from a JSON, multipart or raw-body request.
+
+    Raises:
+        PayloadTooLargeError: Past ``max_upload_bytes``.
+        InvalidInputError: For a missing file, bad base64 or invalid options.
+    """
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > config.max_upload_bytes:
+        raise PayloadTooLargeError(_too_large(int(length), config))
+    fields: dict[str, Any] = dict(request.query_params)
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidInputError("multipart requests need a 'file' part")
+        data = await upload.read()
+        fields.update({k: v for k, v in form.items() if k != "file" and isinstance(v, str)})
+    elif content_type.startswith("application/json"):
+        try:
+            body = json.loads(await request.body())
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"the body is not valid JSON: {exc.msg}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("file"), str):
+            raise InvalidInputError("JSON requests need 'file': base64 data or a data URL")
+        data = decode_file_field(body.pop("file"))
+        fields.update(body)
+    else:
+        data = await request.body()
+    if not data:
+        raise InvalidInputError("the request carries no file")
+    if len(data) > config.max_upload_bytes:
+        raise PayloadTooLargeError(_too_large(len(data), config))
+    try:
+        return data, OCRParams.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidInputError(_validation_message(exc)) from None
+
+
+def _too_large(size: int, config: IngressConfig) -> str:
+    return f"upload is {size} bytes; the limit is {config.max_upload_bytes}"
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def error_response(error: OCRError) -> JSONResponse:
+    """The OpenAI-style JSON error with its status and, when retryable, ``Retry-After``."""
+    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
+    return JSONResponse(error.to_body(), status_code=error.status_code, headers=headers)

@@ -1,0 +1,95 @@
+"""The JSON shapes of ``/v1/ocr`` answers, built from page reports."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+from serve_app.core.document import PageFailure, PageResult, document_markdown
+from serve_app.pipeline import DocumentInfo, OCROptions, PageReport
+
+
+def page_json(report: PageReport, options: OCROptions) -> dict[str, Any]:
+    """One page: its result (markdown, raw text, regions, figures, usage) or its error."""
+    out: dict[str, Any] = {"object": "ocr.page", "index": report.number - 1,
+                           "page": report.number, "timings": report.timings}  # fmt: skip
+    if isinstance(report.outcome, PageFailure):
+        out["error"] = {"code": report.outcome.code, "message": report.outcome.message}
+        return out
+    result: PageResult = report.outcome
+    gen = report.generation
+    out.update(
+        width=result.width,
+        height=result.height,
+        mode=report.mode,
+        grid=list(report.grid) if report.grid else None,
+        markdown=result.markdown,
+        raw_text=result.raw_text,
+        finish_reason=gen.finish_reason if gen else None,
+        truncated=gen.truncated if gen else False,
+        attempts=gen.attempts if gen else 0,
+        usage={
+            "prompt_tokens": gen.prompt_tokens if gen else 0,
+            "completion_tokens": gen.completion_tokens if gen else 0,
+        },
+        problems=list(result.grounded.problems),
+    )
+    if options.include_regions:
+        out["regions"] = [
+            {
+                "label": region.label,
+                "boxes": [b.to_pixels(result.width, result.height).as_list() for b in region.boxes],
+                "boxes_999": [b.as_list() for b in region.boxes],
+                "text": region.text.strip(),
+            }
+            for region in result.grounded.regions
+        ]
+    if options.include_figures:
+        out["figures"] = [
+            {
+                "name": f.name,
+                "box": f.pixel_box.as_list(),
+                "box_999": f.box.as_list(),
+                "image_base64": base64.b64encode(f.jpeg).decode(),
+            }  # fmt: skip
+            for f in result.figures
+        ]
+    if options.include_annotated and result.annotated_jpeg is not None:
+        out["annotated_image_base64"] = base64.b64encode(result.annotated_jpeg).decode()
+    return out
+
+
+def summary_json(
+    request_id: str, model: str, info: DocumentInfo, reports: Sequence[PageReport]
+) -> dict[str, Any]:
+    """Totals over a document (the last line of a stream, and part of the full answer)."""
+    ok = [r for r in reports if isinstance(r.outcome, PageResult)]
+    return {
+        "id": request_id,
+        "object": "ocr.result",
+        "model": model,
+        "kind": info.kind,
+        "page_count": info.page_count,
+        "pages_processed": len(reports),
+        "pages_failed": len(reports) - len(ok),
+        "pages_truncated": sum(1 for r in ok if r.generation and r.generation.truncated),
+        "usage": {
+            "prompt_tokens": sum(r.generation.prompt_tokens for r in ok if r.generation),
+            "completion_tokens": sum(r.generation.completion_tokens for r in ok if r.generation),
+        },
+    }
+
+
+def document_json(
+    request_id: str,
+    model: str,
+    info: DocumentInfo,
+    reports: Sequence[PageReport],
+    options: OCROptions,
+) -> dict[str, Any]:
+    """The full answer: summary, joined markdown and every page."""
+    out = summary_json(request_id, model, info, reports)
+    out["markdown"] = document_markdown([r.outcome for r in reports])
+    out["pages"] = [page_json(r, options) for r in reports]
+    return out

@@ -1,0 +1,118 @@
+"""The request pipeline without Ray: ordering, bounded fan-out, per-page failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serve_app.config import AppConfig, EngineConfig, FakeEngineConfig
+from serve_app.core.document import PageFailure, PageResult
+from serve_app.core.prompts import Task
+from serve_app.engine.fake import FakeEngine
+from serve_app.errors import InvalidInputError, InvalidPageRangeError, TooManyPagesError
+from serve_app.pipeline import DocumentInfo, OCROptions, OCRPipeline, PageReport
+from serve_app.responses import document_json
+from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
+from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
+
+
+def stages(fake: FakeEngineConfig | None = None, max_pages: int = 500) -> LocalStages:
+    config = AppConfig(engine=EngineConfig(kind="fake", fake=fake or FakeEngineConfig()))
+    engine = FakeEngine(config.engine.fake, config.engine.sampling)
+    asyncio.run(engine.start())
+    return LocalStages(
+        Preprocessor(config.preprocess, config.engine.family),
+        Recognizer(engine, config.engine),
+        Postprocessor(config.postprocess),
+        max_pages=max_pages,
+    )
+
+
+def pipeline(fake: FakeEngineConfig | None = None, window: int = 3) -> OCRPipeline:
+    return OCRPipeline(stages(fake), pages_in_flight=window)
+
+
+def run(p: OCRPipeline, source: bytes, options: OCROptions) -> list[PageReport]:
+    async def go() -> list[PageReport]:
+        _, pages = await p.run(source, options, "req")
+        return [r async for r in pages]
+
+    return asyncio.run(go())
+
+
+def test_pdf_pages_come_back_in_order_with_results() -> None:
+    reports = run(pipeline(), text_pdf(7), OCROptions(pages="2-7", include_figures=True))
+    assert [r.number for r in reports] == [2, 3, 4, 5, 6, 7]
+    first = reports[0].outcome
+    assert isinstance(first, PageResult)
+    assert first.markdown.startswith("# Page 1190x1684, grid 2x3")
+    assert len(first.figures) == 1 and first.figures[0].name == "images/2_1.jpg"
+
+
+def test_failed_pages_stay_in_place_as_errors() -> None:
+    reports = run(pipeline(FakeEngineConfig(fail_every=2)), text_pdf(4), OCROptions())
+    assert [type(r.outcome) for r in reports] == [PageResult, PageFailure, PageResult, PageFailure]
+    failure = reports[1].outcome
+    assert isinstance(failure, PageFailure) and failure.code == "generation_failed"
+    body = document_json("req", "m", _info(4), reports, OCROptions())
+    assert body["pages_failed"] == 2 and "page 2 failed" in body["markdown"]
+
+
+def test_image_input_and_task_options() -> None:
+    reports = run(
+        pipeline(), encode(noise_rgb(800, 600, seed=1)), OCROptions(task=Task.FREE, mode="tiny")
+    )
+    assert len(reports) == 1 and reports[0].mode == "tiny"
+    assert isinstance(reports[0].outcome, PageResult)
+    assert reports[0].outcome.markdown.startswith("Page 800x600")
+
+
+@pytest.mark.parametrize(
+    ("options", "source", "error"),
+    [
+        (OCROptions(pages="9"), text_pdf(3), InvalidPageRangeError),
+        (OCROptions(mode="huge"), text_pdf(1), InvalidInputError),
+        (OCROptions(pages="2"), encode(noise_rgb(10, 10, seed=0)), InvalidPageRangeError),
+        (OCROptions(dpi=1200), text_pdf(1), InvalidInputError),
+    ],
+)
+def test_client_errors_raise_before_any_page(
+    options: OCROptions, source: bytes, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        run(pipeline(), source, options)
+
+
+def test_page_limit() -> None:
+    with pytest.raises(TooManyPagesError):
+        run(OCRPipeline(stages(max_pages=2), pages_in_flight=2), text_pdf(3), OCROptions())
+
+
+class CountingStages(LocalStages):
+    """Records how many pages are between prepare and postprocess at once."""
+
+    active = 0
+    peak = 0
+
+    async def prepare(self, source: object, index: int, number: int, options: OCROptions):  # type: ignore[no-untyped-def]
+        type(self).active += 1
+        type(self).peak = max(type(self).peak, type(self).active)
+        await asyncio.sleep(0.01)
+        return await super().prepare(source, index, number, options)
+
+    async def postprocess(self, page, generation, options):  # type: ignore[no-untyped-def]
+        type(self).active -= 1
+        return await super().postprocess(page, generation, options)
+
+
+def test_pages_in_flight_are_bounded() -> None:
+    base = stages()
+    counting = CountingStages(base._pre, base._rec, base._post, max_pages=500)  # noqa: SLF001
+    reports = run(OCRPipeline(counting, pages_in_flight=3), text_pdf(12), OCROptions())
+    assert [r.number for r in reports] == list(range(1, 13))
+    assert CountingStages.peak == 3
+
+
+def _info(n: int) -> DocumentInfo:
+    return DocumentInfo("pdf", n, list(range(n)))
