@@ -5,7 +5,9 @@
 ``deployments:`` section of that file.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Serve reads the builder's annotation at runtime
+# to validate `args:` against AppConfig.
+from typing import Any
 
 from ray.serve import Application
 
@@ -16,8 +18,14 @@ from deployments.preprocess import PreprocessDeployment
 from serve_app.config import AppConfig
 
 
-def build_app(args: AppConfig) -> Application:
-    """Wire ingress -> preprocess -> engine -> postprocess from one typed config."""
+def build_app(args: AppConfig | dict[str, Any]) -> Application:
+    """Wire ingress -> preprocess -> engine -> postprocess from one typed config.
+
+    Raises:
+        pydantic.ValidationError: For unknown or invalid keys in ``args``.
+    """
+    if not isinstance(args, AppConfig):
+        args = AppConfig.model_validate(args)
     preprocess = PreprocessDeployment.bind(args.preprocess, args.engine.family)
     engine = EngineDeployment.bind(args.engine)
     postprocess = PostprocessDeployment.bind(args.postprocess)

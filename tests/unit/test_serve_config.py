@@ -1,0 +1,42 @@
+"""serve_config.yaml builds the app; a misspelled key fails at deploy time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from deployments.app import build_app
+
+CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
+
+
+def app_args() -> dict[str, Any]:
+    (app,) = yaml.safe_load(CONFIG.read_text())["applications"]
+    assert app["import_path"] == "deployments.app:build_app"
+    return dict(app["args"])
+
+
+def test_serve_config_builds_the_graph() -> None:
+    app = build_app(app_args())
+    assert type(app).__name__ == "Application"
+
+
+def test_serve_config_names_every_deployment() -> None:
+    (app,) = yaml.safe_load(CONFIG.read_text())["applications"]
+    names = {d["name"] for d in app["deployments"]}
+    assert names == {"OCRIngress", "PreprocessDeployment", "EngineDeployment", "PostprocessDeployment"}
+    for deployment in app["deployments"]:
+        assert "autoscaling_config" in deployment and "max_ongoing_requests" in deployment
+
+
+@pytest.mark.parametrize(
+    "typo",
+    [{"engine": {"modle": "tiny"}}, {"ingres": {}}, {"ingress": {"pages_in_flite": 3}}],
+)
+def test_misspelled_keys_fail(typo: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        build_app({**app_args(), **typo})
