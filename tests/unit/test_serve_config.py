@@ -28,7 +28,12 @@ def test_serve_config_builds_the_graph() -> None:
 def test_serve_config_names_every_deployment() -> None:
     (app,) = yaml.safe_load(CONFIG.read_text())["applications"]
     names = {d["name"] for d in app["deployments"]}
-    assert names == {"OCRIngress", "PreprocessDeployment", "EngineDeployment", "PostprocessDeployment"}
+    assert names == {
+        "OCRIngress",
+        "PreprocessDeployment",
+        "EngineDeployment",
+        "PostprocessDeployment",
+    }
     for deployment in app["deployments"]:
         assert "autoscaling_config" in deployment and "max_ongoing_requests" in deployment
 
