@@ -6,22 +6,33 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.chat import ChatRequest, chat_options, chunk, completion, last_user_content
 from serve_app.config import IngressConfig, PreprocessConfig
-from serve_app.core.document import PageResult, bundle_zip
+from serve_app.core.document import PageResult, bundle_zip, document_markdown
+from serve_app.core.markdown import PAGE_SPLIT
 from serve_app.engine.recognize import PageGeneration
-from serve_app.errors import EngineTimeoutError, InvalidInputError, NotReadyError, as_ocr_error
+from serve_app.errors import (
+    EngineTimeoutError,
+    InvalidInputError,
+    NotReadyError,
+    PayloadTooLargeError,
+    as_ocr_error,
+)
 from serve_app.http import error_response, read_ocr_request
 from serve_app.pipeline import DocumentInfo, OCROptions, OCRPipeline, PageReport, PreparedPage
 from serve_app.responses import document_json, page_json, summary_json
+
+PAGE_BREAK = f"\n\n{PAGE_SPLIT}\n\n"
 
 api = FastAPI(
     title="DeepSeek-OCR",
@@ -110,6 +121,70 @@ class OCRIngress:
     async def models(self) -> dict[str, Any]:
         model = {"id": self._config.model_name, "object": "model", "owned_by": "deepseek-ai"}
         return {"object": "list", "data": [model]}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        """OpenAI-compatible: the last user turn's image (``image_url`` data URL) or PDF
+        (``file`` part) is OCR'd; its text is the prompt unless the extra field ``task`` is set.
+        Extra fields: ``mode``, ``task``, ``pages``. The answer is the page markdown."""
+        try:
+            chat = ChatRequest.model_validate(json.loads(await request.body()))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            raise InvalidInputError(f"invalid chat request: {exc}") from None
+        data, text = last_user_content(chat)
+        if len(data) > self._config.max_upload_bytes:
+            raise PayloadTooLargeError(
+                f"the file is {len(data)} bytes; the limit is {self._config.max_upload_bytes}"
+            )
+        options = chat_options(chat, text, self._preprocess_config)
+        request_id = f"chatcmpl-{uuid.uuid4().hex[:16]}"
+        model = self._config.model_name
+        info, pages = await self._pipeline.run(ray.put(data), options, request_id)
+        if chat.stream:
+            return StreamingResponse(
+                self._chat_stream(request_id, model, pages), media_type="text/event-stream"
+            )
+        reports = await self._collect(pages)
+        summary = summary_json(request_id, model, info, reports)
+        truncated = summary["pages_truncated"] or summary["pages_failed"]
+        finish: Literal["stop", "length"] = "length" if truncated else "stop"
+        content = document_markdown([r.outcome for r in reports])
+        return JSONResponse(completion(request_id, model, content, finish, summary["usage"]))
+
+    async def _chat_stream(
+        self, request_id: str, model: str, pages: AsyncIterator[PageReport]
+    ) -> AsyncIterator[str]:
+        def event(payload: dict[str, Any]) -> str:
+            return f"data: {json.dumps(payload)}\n\n"
+
+        yield event(chunk(request_id, model, {"role": "assistant", "content": ""}))
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        finish = "stop"
+        first = True
+        try:
+            async with asyncio.timeout(self._config.request_timeout_s):
+                async for report in pages:
+                    text = document_markdown([report.outcome])
+                    yield event(
+                        chunk(request_id, model, {"content": ("" if first else PAGE_BREAK) + text})
+                    )
+                    first = False
+                    if report.generation is None or report.generation.truncated:
+                        finish = "length"
+                    if report.generation is not None:
+                        usage["prompt_tokens"] += report.generation.prompt_tokens
+                        usage["completion_tokens"] += report.generation.completion_tokens
+        except TimeoutError:
+            yield event(
+                {
+                    "error": EngineTimeoutError("the request did not finish in time").to_body()[
+                        "error"
+                    ]
+                }
+            )
+            return
+        yield event(chunk(request_id, model, {}, finish_reason=finish, usage=usage))
+        yield "data: [DONE]\n\n"
 
     @api.post("/v1/ocr")
     async def ocr(self, request: Request) -> Response:

@@ -31,6 +31,7 @@ class OCROptions:
     mode: str = "gundam"
     max_crops: int | None = None
     locate_text: str | None = None
+    prompt_text: str | None = None  # a free-form instruction instead of the task's prompt
     pages: str | None = None
     dpi: int = 144
     include_regions: bool = True

@@ -16,7 +16,7 @@ from serve_app.core.document import PageResult, postprocess_page
 from serve_app.core.images import decode_image, to_model_rgb
 from serve_app.core.modes import Mode, ModelFamily, get_mode
 from serve_app.core.pdf import looks_like_pdf, open_pdf
-from serve_app.core.prompts import build_prompt
+from serve_app.core.prompts import build_prompt, custom_prompt
 from serve_app.core.tiling import PreparedImage, prepare_image
 from serve_app.engine.protocol import GenerateRequest, OCREngine
 from serve_app.engine.recognize import PageGeneration, recognize
@@ -84,7 +84,10 @@ class Recognizer:
         self, image: PreparedImage, options: OCROptions, request_id: str
     ) -> PageGeneration:
         try:
-            prompt = build_prompt(options.task, options.locate_text)
+            if options.prompt_text:
+                prompt = custom_prompt(options.prompt_text)
+            else:
+                prompt = build_prompt(options.task, options.locate_text)
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
         request = GenerateRequest(

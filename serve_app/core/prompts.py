@@ -73,3 +73,24 @@ def build_prompt(task: Task, text: str | None = None) -> str:
     if "<|" in text or "|>" in text or IMAGE_PLACEHOLDER in text:
         raise ValueError("locate text must not contain model control markup such as '<|' or '|>'")
     return f"{IMAGE_PLACEHOLDER}\nLocate <|ref|>{text.strip()}<|/ref|> in the image."
+
+
+MAX_CUSTOM_PROMPT_CHARS = 2000
+
+
+def custom_prompt(text: str) -> str:
+    """A prompt from free text (the OpenAI chat route), after the image placeholder.
+
+    Raises:
+        ValueError: If the text is empty, too long or contains the image placeholder.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("the prompt text is empty")
+    if len(text) > MAX_CUSTOM_PROMPT_CHARS:
+        raise ValueError(
+            f"prompt text is {len(text)} characters; at most {MAX_CUSTOM_PROMPT_CHARS}"
+        )
+    if IMAGE_PLACEHOLDER in text:
+        raise ValueError("prompt text must not contain the <image> placeholder")
+    return f"{IMAGE_PLACEHOLDER}\n{text}"
