@@ -29,6 +29,10 @@ class EngineDeployment:
     def ready(self) -> bool:
         return self._recognizer.engine.is_ready()
 
+    def num_unfinished(self) -> int:
+        """Requests the engine is still working on (aborted ones leave promptly)."""
+        return self._recognizer.engine.num_unfinished()
+
     def check_health(self) -> None:
         if not self._recognizer.engine.is_ready():
             raise RuntimeError("engine is not ready")

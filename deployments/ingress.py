@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.chat import ChatRequest, chat_options, chunk, completion, last_user_content
@@ -25,6 +26,7 @@ from serve_app.errors import (
     EngineTimeoutError,
     InvalidInputError,
     NotReadyError,
+    OverloadedError,
     PayloadTooLargeError,
     as_ocr_error,
 )
@@ -65,24 +67,37 @@ class HandleStages:
         self._max_pages = max_pages
 
     async def inspect(self, source: object, options: OCROptions) -> DocumentInfo:
-        return await self._pre.inspect.remote(source, options, self._max_pages)
+        return await _overload_safe(self._pre.inspect.remote(source, options, self._max_pages))
 
     async def prepare(
         self, source: object, index: int, number: int, options: OCROptions
     ) -> PreparedPage:
-        return await self._pre.prepare.remote(source, index, number, options)
+        return await _overload_safe(self._pre.prepare.remote(source, index, number, options))
 
     async def recognize(
         self, page: PreparedPage, options: OCROptions, request_id: str
     ) -> PageGeneration:
-        return await self._engine.recognize.remote(page.image, options, request_id)
+        return await _overload_safe(self._engine.recognize.remote(page.image, options, request_id))
 
     async def postprocess(
         self, page: PreparedPage, generation: PageGeneration, options: OCROptions
     ) -> PageResult:
         size = (page.image.width, page.image.height)
         call = self._post.page.remote(page.number, size, page.pixels, generation.text, options)
-        return await call
+        return await _overload_safe(call)
+
+
+async def _overload_safe(response: Any) -> Any:
+    """Await a handle call. A full queue downstream becomes a 503 with Retry-After; if the
+    caller is cancelled (deadline, client gone) the downstream request is cancelled too, which
+    aborts its engine work (Serve does not do that for an awaited response on its own)."""
+    try:
+        return await response
+    except BackPressureError:
+        raise OverloadedError("the service is at capacity; retry shortly") from None
+    except asyncio.CancelledError:
+        response.cancel()
+        raise
 
 
 @serve.deployment

@@ -25,6 +25,12 @@ def test_serve_config_builds_the_graph() -> None:
     assert type(app).__name__ == "Application"
 
 
+def test_serve_config_is_a_valid_serve_deploy_config() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+
+
 def test_serve_config_names_every_deployment() -> None:
     (app,) = yaml.safe_load(CONFIG.read_text())["applications"]
     names = {d["name"] for d in app["deployments"]}

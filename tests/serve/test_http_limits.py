@@ -1,0 +1,68 @@
+"""Deadlines and disconnects free the engine; other requests keep flowing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from serve_app.config import AppConfig
+from serve_app.testing.synthetic import encode, noise_rgb
+from tests.serve.conftest import start_app
+
+pytestmark = pytest.mark.serve
+
+PNG = encode(noise_rgb(300, 200, seed=1))
+APP = "ocr-limits"
+
+
+@pytest.fixture(scope="module")
+def slow_app() -> Iterator[httpx.Client]:
+    from ray import serve
+
+    # ~0.05 s per token and ~150 tokens per page: a page takes ~8 s unless cut short.
+    config = AppConfig.model_validate(
+        {"engine": {"kind": "fake", "fake": {"token_latency_s": 0.05, "tokens_per_update": 1}},
+         "ingress": {"request_timeout_s": 1.0}}
+    )  # fmt: skip
+    url = start_app(config, name=APP)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+    serve.shutdown()
+
+
+def engine_unfinished() -> int:
+    from ray import serve
+
+    handle = serve.get_deployment_handle("EngineDeployment", app_name=APP)
+    return int(handle.num_unfinished.remote().result())
+
+
+def settled(limit_s: float = 3.0) -> float:
+    """Seconds until the engine has no unfinished requests (or ``limit_s``)."""
+    start = time.monotonic()
+    while engine_unfinished() and time.monotonic() - start < limit_s:
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_deadline_answers_504_and_frees_the_engine(slow_app: httpx.Client) -> None:
+    start = time.monotonic()
+    r = slow_app.post("/v1/ocr", files={"file": ("p.png", PNG, "image/png")})
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+    assert time.monotonic() - start < 5
+    assert settled() < 3.0 and engine_unfinished() == 0
+    ok = slow_app.post(
+        "/v1/ocr", files={"file": ("p.png", PNG, "image/png")}, data={"max_tokens": "3"}
+    )
+    assert ok.status_code == 200 and ok.json()["pages"][0]["usage"]["completion_tokens"] == 3
+
+
+def test_client_disconnect_cancels_engine_work(slow_app: httpx.Client) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        slow_app.post("/v1/ocr", files={"file": ("p.png", PNG, "image/png")},
+                      params={"stream": "true"}, timeout=0.5)  # fmt: skip
+    # The page would run ~8 s; after the disconnect its engine work stops within a few.
+    assert settled(limit_s=4.0) < 4.0 and engine_unfinished() == 0
