@@ -17,6 +17,13 @@ pytestmark = pytest.mark.serve
 PNG = encode(noise_rgb(900, 700, seed=3))
 
 
+def encrypted_pdf() -> bytes:
+    import pymupdf
+
+    doc = pymupdf.open(stream=text_pdf(1), filetype="pdf")
+    return doc.tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="secret", owner_pw="o")
+
+
 def test_health_ready_models(fake_app: httpx.Client) -> None:
     assert fake_app.get("/health").json() == {"status": "ok"}
     assert fake_app.get("/ready").json() == {"ready": True}
@@ -91,6 +98,7 @@ def test_zip_bundle(fake_app: httpx.Client) -> None:
         ({"json": {"file": base64.b64encode(PNG).decode(), "modee": "tiny"}}, 400, "invalid_input"),
         ({"params": {"pages": "9"}, "content": text_pdf(2)}, 400, "invalid_page_range"),
         ({"content": text_pdf(21)}, 413, "too_many_pages"),
+        ({"content": encrypted_pdf()}, 422, "encrypted_document"),
         ({"content": b"x" * 5_000_001}, 413, "payload_too_large"),
     ],
 )

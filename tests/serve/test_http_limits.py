@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from serve_app.config import AppConfig
+from serve_app.testing.serve import start_app
 from serve_app.testing.synthetic import encode, noise_rgb
-from tests.serve.conftest import start_app
 
 pytestmark = pytest.mark.serve
 

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from serve_app.config import AppConfig
+from serve_app.testing.serve import start_app
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
-from tests.serve.conftest import start_app
 
 pytestmark = [pytest.mark.serve, pytest.mark.engine]
 

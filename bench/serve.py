@@ -1,0 +1,128 @@
+"""What the Serve graph costs: requests/s and added latency versus calling the engine directly.
+
+Run: ``.venv/bin/python -m bench.serve --requests 60 --concurrency 8 --latency 0.2``.
+The engine is the fake one with a fixed per-page latency, so the difference between the rows
+is the price of HTTP, the ingress and three deployment hops (preprocess, engine, postprocess).
+All rows run in the same process and the same run, on the same image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from serve_app.config import AppConfig
+from serve_app.core.images import decode_image, to_model_rgb
+from serve_app.core.modes import get_mode
+from serve_app.core.prompts import Task, build_prompt
+from serve_app.core.tiling import prepare_image
+from serve_app.engine.fake import FakeEngine
+from serve_app.engine.protocol import GenerateRequest
+from serve_app.engine.recognize import generate_once
+from serve_app.pipeline import OCROptions, OCRPipeline
+from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
+from serve_app.testing.synthetic import encode, noise_rgb
+
+
+async def measure(
+    call: Callable[[int], Awaitable[None]], requests: int, concurrency: int
+) -> tuple[float, list[float]]:
+    """Requests per second and per-request latencies, ``concurrency`` requests at a time."""
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        async with gate:
+            start = time.perf_counter()
+            await call(i)
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(requests)))
+    return requests / (time.perf_counter() - start), latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--latency", type=float, default=0.2, help="fake engine s per page")
+    args = parser.parse_args()
+
+    config = AppConfig.model_validate(
+        {"engine": {"kind": "fake", "fake": {"first_token_latency_s": args.latency,
+                                             "tokens_per_update": 1000}}}
+    )  # fmt: skip
+    png = encode(noise_rgb(1190, 1684, seed=0))
+    options = OCROptions(mode="gundam")
+    rows: dict[str, tuple[float, list[float]]] = {}
+
+    async def baselines() -> None:
+        engine = FakeEngine(config.engine.fake, config.engine.sampling)
+        await engine.start()
+        image = prepare_image(to_model_rgb(decode_image(png)), get_mode("gundam"))
+        prompt = build_prompt(Task.DOCUMENT)
+
+        async def direct(i: int) -> None:
+            await generate_once(engine, GenerateRequest(f"d{i}", prompt, image))
+
+        rows["engine called directly"] = await measure(direct, args.requests, args.concurrency)
+        stages = LocalStages(
+            Preprocessor(config.preprocess, config.engine.family),
+            Recognizer(engine, config.engine),
+            Postprocessor(config.postprocess),
+            max_pages=10,
+        )
+        pipeline = OCRPipeline(stages, pages_in_flight=8)
+
+        async def in_process(i: int) -> None:
+            _, pages = await pipeline.run(png, options, f"p{i}")
+            [r async for r in pages]
+
+        rows["pipeline in one process"] = await measure(in_process, args.requests, args.concurrency)
+
+    asyncio.run(baselines())
+
+    from ray import serve
+
+    from serve_app.testing.serve import start_app
+
+    url = start_app(config, name="bench")
+
+    async def over_http() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+
+            async def post(i: int) -> None:
+                r = await client.post("/v1/ocr", files={"file": ("p.png", png, "image/png")})
+                r.raise_for_status()
+
+            await post(-1)  # warm-up
+            rows["Serve graph over HTTP"] = await measure(post, args.requests, args.concurrency)
+
+    asyncio.run(over_http())
+    serve.shutdown()
+
+    base_rate, base_lat = rows["engine called directly"]
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus; {args.requests} requests of one "
+        f"A4-sized PNG, {args.concurrency} at a time; fake engine {args.latency:.2f} s per page"
+    )
+    print(f"{'path':<28}{'req/s':>8}{'vs engine':>11}{'mean s':>9}{'p95 s':>8}{'added s':>9}")
+    for name, (rate, lat) in rows.items():
+        mean = statistics.mean(lat)
+        p95 = sorted(lat)[int(0.95 * (len(lat) - 1))]
+        added = mean - statistics.mean(base_lat)
+        print(
+            f"{name:<28}{rate:>8.2f}{rate / base_rate:>10.2f}x{mean:>9.3f}{p95:>8.3f}{added:>9.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
