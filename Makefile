@@ -41,6 +41,7 @@ fmt: setup
 bench: setup
 	$(PY) -m bench.tiling
 	$(PY) -m bench.serve
+	$(PY) -m bench.memory
 
 # Starts two real engines in turn (several minutes on a 2-core machine).
 bench-engine: setup
