@@ -30,7 +30,7 @@ from serve_app.errors import (
     PayloadTooLargeError,
     as_ocr_error,
 )
-from serve_app.http import error_response, read_ocr_request
+from serve_app.http import error_response, ocr_request_body_schema, read_ocr_request
 from serve_app.pipeline import DocumentInfo, OCROptions, OCRPipeline, PageReport, PreparedPage
 from serve_app.responses import document_json, page_json, summary_json
 
@@ -201,7 +201,7 @@ class OCRIngress:
         yield event(chunk(request_id, model, {}, finish_reason=finish, usage=usage))
         yield "data: [DONE]\n\n"
 
-    @api.post("/v1/ocr")
+    @api.post("/v1/ocr", openapi_extra={"requestBody": ocr_request_body_schema()})
     async def ocr(self, request: Request) -> Response:
         """OCR an image or PDF: multipart upload, JSON with base64 / data URL, or a raw body.
 

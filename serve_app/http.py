@@ -56,6 +56,31 @@ class OCRParams(BaseModel):
         )
 
 
+def ocr_request_body_schema() -> dict[str, Any]:
+    """OpenAPI ``requestBody`` for ``/v1/ocr`` (the route reads the body itself, so FastAPI
+    cannot derive it)."""
+    options = OCRParams.model_json_schema()
+    props = options["properties"]
+
+    def with_file(file_schema: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "required": ["file"],
+                "properties": {"file": file_schema, **props}}  # fmt: skip
+
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": with_file({"type": "string", "format": "binary"})},
+            "application/json": {
+                "schema": with_file(
+                    {"type": "string", "description": "base64, or a data: URL with ;base64"}
+                )
+            },
+            "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+
+
 def decode_file_field(value: str) -> bytes:
     """Bytes of a base64 string or a ``data:...;base64,`` URL."""
     if value.startswith("data:"):

@@ -29,6 +29,10 @@ def test_health_ready_models(fake_app: httpx.Client) -> None:
     assert fake_app.get("/ready").json() == {"ready": True}
     assert fake_app.get("/v1/models").json()["data"][0]["id"] == "deepseek-ocr"
     assert fake_app.get("/docs").status_code == 200
+    spec = fake_app.get("/openapi.json").json()
+    body = spec["paths"]["/v1/ocr"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(body)
+    assert "pages" in body["multipart/form-data"]["schema"]["properties"]
 
 
 def test_multipart_image(fake_app: httpx.Client) -> None:
