@@ -1,7 +1,9 @@
-"""Write a tiny DeepSeek-OCR checkpoint that vLLM loads as the real architecture.
+"""Write a tiny DeepSeek-OCR (or DeepSeek-OCR-2) checkpoint that vLLM loads as the real
+architecture.
 
-The directory holds a real ``config.json`` (a 2-layer DeepSeek-V2 MoE language model; the SAM
-and CLIP encoders are fixed-size in vLLM, ~399M parameters), the byte-level tokenizer from
+The directory holds a real ``config.json`` (a 2-layer DeepSeek-V2 MoE language model; the
+vision encoders are fixed-size in vLLM: SAM + CLIP, ~399M parameters, for DeepSeek-OCR; SAM +
+a Qwen2-shaped encoder for DeepSeek-OCR-2), the byte-level tokenizer from
 :mod:`serve_app.checkpoint.tokenizer`, and ``model.safetensors`` in the original checkpoint's
 parameter naming, so loading goes through vLLM's weight name mapping as real weights do.
 
