@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python -m bench.memory`` (fake engine; Linux, needs /proc). Before each
 request the replicas' peak-RSS marks (VmHWM) are reset, so each figure is the peak during that
-request alone. Flat memory means the peaks stop growing with the page count.
+request alone, after one warm-up request. Flat memory means the peaks do not grow with the
+page count.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def main() -> None:
     print(f"replicas: {pids}")
     results = {}
     with httpx.Client(base_url=url, timeout=1800) as client:
+        # Warm-up: thread pools, allocator arenas and caches fill on the first requests.
+        client.post("/v1/ocr", content=text_pdf(50), headers={"content-type": "application/pdf"})
         for pages in (50, 300, 600):
             pdf = text_pdf(pages)
             for pid in pids.values():
