@@ -124,7 +124,10 @@ class OCRIngress:
 
     @api.get("/ready")
     async def ready(self) -> dict[str, bool]:
-        """Every engine replica has loaded its model (503 until then)."""
+        """An engine replica has loaded its model and answers within 2 s (503 until then).
+
+        Serve routes only to replicas whose constructor (the engine start) finished, so this
+        is true once requests can be served; replicas still scaling up do not count."""
         try:
             if await asyncio.wait_for(self._engine.ready.remote(), timeout=2.0):
                 return {"ready": True}
