@@ -7,6 +7,7 @@
 
 # No `from __future__ import annotations` here: Serve reads the builder's annotation at runtime
 # to validate `args:` against AppConfig.
+from collections.abc import Mapping
 from typing import Any
 
 from ray.serve import Application
@@ -26,7 +27,28 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     """
     if not isinstance(args, AppConfig):
         args = AppConfig.model_validate(args)
-    preprocess = PreprocessDeployment.bind(args.preprocess, args.engine.family)
-    engine = EngineDeployment.bind(args.engine)
-    postprocess = PostprocessDeployment.bind(args.postprocess)
-    return OCRIngress.bind(args.ingress, args.preprocess, preprocess, engine, postprocess)
+    return build_graph(args)
+
+
+def build_graph(
+    args: AppConfig, options: Mapping[str, Mapping[str, Any]] | None = None
+) -> Application:
+    """The graph of :func:`build_app`, with ``Deployment.options(...)`` per deployment name
+    (``{"EngineDeployment": {"num_replicas": 2}}``): what ``deployments:`` in
+    ``serve_config.yaml`` sets, for tests and benchmarks that start the graph from Python.
+    """
+    options = options or {}
+    graph: list[Any] = [OCRIngress, PreprocessDeployment, EngineDeployment, PostprocessDeployment]
+    names = {deployment.name for deployment in graph}
+    if unknown := set(options) - names:
+        raise ValueError(f"no deployment named {sorted(unknown)}; the graph has {sorted(names)}")
+
+    def configured(deployment: Any) -> Any:
+        chosen = options.get(deployment.name)
+        return deployment.options(**chosen) if chosen else deployment
+
+    preprocess = configured(PreprocessDeployment).bind(args.preprocess, args.engine.family)
+    engine = configured(EngineDeployment).bind(args.engine)
+    postprocess = configured(PostprocessDeployment).bind(args.postprocess)
+    ingress = configured(OCRIngress)
+    return ingress.bind(args.ingress, args.preprocess, preprocess, engine, postprocess)

@@ -17,7 +17,7 @@ from serve_app.stages import Recognizer
 @serve.deployment
 class EngineDeployment:
     async def __init__(self, config: EngineConfig) -> None:
-        engine = make_engine(config)
+        engine = make_engine(config, serve.get_replica_context().rank.rank)
         await asyncio.wait_for(engine.start(), timeout=config.start_timeout_s)
         self._recognizer = Recognizer(engine, config)
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import ray
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ApplicationStatus
 
 from serve_app.chat import ChatRequest, chat_options, chunk, completion, last_user_content
 from serve_app.config import IngressConfig, PreprocessConfig
@@ -114,6 +116,9 @@ class OCRIngress:
         self._config = config
         self._preprocess_config = preprocess_config
         self._engine = engine
+        self._app_name = serve.get_replica_context().app_name
+        # serve.status() blocks on the controller: one thread, so stuck probes cannot pile up.
+        self._status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-status")
         stages = HandleStages(preprocess, engine, postprocess, config.max_pages)
         self._pipeline = OCRPipeline(stages, config.pages_in_flight)
 
@@ -124,16 +129,34 @@ class OCRIngress:
 
     @api.get("/ready")
     async def ready(self) -> dict[str, bool]:
-        """An engine replica has loaded its model and answers within 2 s (503 until then).
+        """Every engine replica the application was deployed with has loaded (503 until then).
 
-        Serve routes only to replicas whose constructor (the engine start) finished, so this
-        is true once requests can be served; replicas still scaling up do not count."""
+        Serve reports the application RUNNING once each deployment has its target replicas,
+        and an engine replica counts only when its constructor (the engine start) finished;
+        so this is the application's status, plus an engine replica answering within 2 s.
+        Replicas that autoscaling adds later leave the application RUNNING: readiness holds
+        during scale-up. While the application is (re)deploying, or unhealthy, this is 503.
+        """
+        if not await self._application_running():
+            raise NotReadyError("the application is still deploying (engine replicas loading)")
         try:
             if await asyncio.wait_for(self._engine.ready.remote(), timeout=2.0):
                 return {"ready": True}
         except TimeoutError:
             pass
         raise NotReadyError("the engine is still loading")
+
+    async def _application_running(self) -> bool:
+        """Serve's status of this ingress's application is RUNNING (False if unknown in 2 s)."""
+        loop = asyncio.get_running_loop()
+        try:
+            status = await asyncio.wait_for(
+                loop.run_in_executor(self._status_pool, serve.status), timeout=2.0
+            )
+        except (TimeoutError, ray.exceptions.RayError):
+            return False
+        app = status.applications.get(self._app_name)
+        return app is not None and app.status == ApplicationStatus.RUNNING
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:

@@ -49,6 +49,11 @@ class FakeEngineConfig(_Config):
     """Behaviour of the fake engine (``kind: fake``): latency and injected faults."""
 
     start_latency_s: float = Field(0.0, ge=0)
+    start_latency_per_rank_s: float = Field(
+        0.0, ge=0,
+        description="Staggered starts: the engine replica of rank r starts after "
+        "start_latency_s + r * start_latency_per_rank_s.",
+    )  # fmt: skip
     first_token_latency_s: float = Field(0.0, ge=0)
     token_latency_s: float = Field(0.0, ge=0, description="Per generated token.")
     tokens_per_update: int = Field(8, ge=1, description="Tokens per streamed update.")

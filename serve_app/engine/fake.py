@@ -50,15 +50,20 @@ class FakeEngine:
     one stops at a quarter of its output with ``finish_reason="length"``.
     """
 
-    def __init__(self, config: FakeEngineConfig, sampling: SamplingConfig) -> None:
+    def __init__(
+        self, config: FakeEngineConfig, sampling: SamplingConfig, replica_rank: int = 0
+    ) -> None:
         self._config = config
         self._sampling = sampling
+        self._start_latency_s = (
+            config.start_latency_s + replica_rank * config.start_latency_per_rank_s
+        )
         self._ready = False
         self._requests = 0
         self._running: dict[str, asyncio.Event] = {}
 
     async def start(self) -> None:
-        await asyncio.sleep(self._config.start_latency_s)
+        await asyncio.sleep(self._start_latency_s)
         self._ready = True
 
     def is_ready(self) -> bool:

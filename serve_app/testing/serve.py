@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+from collections.abc import Mapping
+from typing import Any
 
 from serve_app.config import AppConfig
 
@@ -14,12 +17,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_app(config: AppConfig, name: str = "ocr-test") -> str:
-    """Run the whole graph (ingress, preprocess, engine, postprocess) and return its URL."""
+def start_app(
+    config: AppConfig,
+    name: str = "ocr-test",
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    wait: bool = True,
+) -> str:
+    """Run the whole graph (ingress, preprocess, engine, postprocess) and return its URL.
+
+    ``options`` are ``Deployment.options(...)`` by deployment name, as the ``deployments:``
+    section of ``serve_config.yaml`` sets them (``{"OCRIngress": {"max_queued_requests": 4}}``).
+    With ``wait=False`` the URL comes back while the application is still deploying (its
+    routes may answer 404 or 503 until the ingress is up).
+    """
     import ray
     from ray import serve
 
-    from deployments.app import build_app
+    from deployments.app import build_graph
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
@@ -28,5 +42,13 @@ def start_app(config: AppConfig, name: str = "ocr-test") -> str:
                  _temp_dir="/tmp/rt-ocr", log_to_driver=False)  # fmt: skip
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(config), name=name, route_prefix="/")
+    app = build_graph(config, options)
+    if wait:
+        serve.run(app, name=name, route_prefix="/")
+    else:
+        # serve.run returns once the application is RUNNING; deploy from a thread instead.
+        threading.Thread(
+            target=serve.run, args=(app,), kwargs={"name": name, "route_prefix": "/"},
+            daemon=True,
+        ).start()  # fmt: skip
     return f"http://127.0.0.1:{port}"
