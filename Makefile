@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup test lint fmt bench bench-engine serve
+.PHONY: setup test lint fmt bench bench-engine serve k8s-config
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -50,3 +50,7 @@ bench-engine: setup
 # Starts the whole graph on port 8000 (CPU: tiny generated checkpoint, no download).
 serve: setup
 	$(VENV)/bin/serve run serve_config.yaml
+
+# Regenerates each k8s overlay's serveConfigV2 from serve_config.yaml + its serve-overrides.yaml.
+k8s-config: setup
+	$(PY) -m serve_app.deploy_config

@@ -31,6 +31,19 @@ def test_serve_config_is_a_valid_serve_deploy_config() -> None:
     ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
 
 
+def test_serve_config_has_no_keys_ray_would_ignore() -> None:
+    from serve_app.deploy_config import unknown_serve_keys
+
+    config = yaml.safe_load(CONFIG.read_text())
+    assert unknown_serve_keys(config) == []
+    config["applications"][0]["deployments"][0]["max_ongoing_request"] = 8
+    config["applications"][0]["deployments"][0]["autoscaling_config"]["min_replica"] = 0
+    assert unknown_serve_keys(config) == [
+        "applications[deepseek-ocr].deployments[OCRIngress].max_ongoing_request",
+        "applications[deepseek-ocr].deployments[OCRIngress].autoscaling_config.min_replica",
+    ]
+
+
 def test_serve_config_names_every_deployment() -> None:
     (app,) = yaml.safe_load(CONFIG.read_text())["applications"]
     names = {d["name"] for d in app["deployments"]}

@@ -1,0 +1,113 @@
+"""The overlays deploy the application of serve_config.yaml: the same applications,
+deployments and args, apart from each overlay's documented overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deployments.app import build_app
+from serve_app import deploy_config
+from serve_app.config import AppConfig
+from tests.k8s.conftest import OVERLAYS, ROOT, rayservice, render, serve_config
+
+BASE = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+GPU_OVERLAYS = [p for p in OVERLAYS if p.name.startswith("gpu")]
+
+
+def overrides_of(overlay: Path) -> Any:
+    """The overlay's own overrides, or those of the overlay it builds on."""
+    own = overlay / deploy_config.OVERRIDES_FILE
+    if own.is_file():
+        return yaml.safe_load(own.read_text())
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    for resource in kustomization.get("resources", []):
+        base = (overlay / resource).resolve()
+        if base.parent == overlay.parent:
+            return overrides_of(base)
+    pytest.fail(f"{overlay.name}: no {deploy_config.OVERRIDES_FILE} here or in its base")
+
+
+def test_generated_serve_configs_are_up_to_date() -> None:
+    assert deploy_config.main(["--check"]) == 0, "run `make k8s-config`"
+
+
+def test_overlays_differ_from_serve_config_only_by_their_overrides(overlay: Path) -> None:
+    deployed = serve_config(render(overlay))
+    documented = deploy_config.override_paths(overrides_of(overlay))
+    if documented == {()}:  # `{}`: no overrides at all
+        documented = set()
+    assert deploy_config.diff_paths(BASE, deployed) == documented
+
+
+def test_overlay_serve_configs_are_valid(overlay: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    config = serve_config(render(overlay))
+    ServeDeploySchema.model_validate(config)
+    assert deploy_config.unknown_serve_keys(config) == []
+    for app in config["applications"]:
+        AppConfig.model_validate(app["args"])
+        assert type(build_app(app["args"])).__name__ == "Application"
+
+
+def deployment(config: dict[str, Any], name: str) -> dict[str, Any]:
+    (app,) = config["applications"]
+    (found,) = [d for d in app["deployments"] if d["name"] == name]
+    return found
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS, ids=[p.name for p in GPU_OVERLAYS])
+def test_gpu_overlay_gives_each_engine_replica_one_gpu(overlay: Path) -> None:
+    objects = render(overlay)
+    config = serve_config(objects)
+    engine = deployment(config, "EngineDeployment")
+    assert engine["ray_actor_options"]["num_gpus"] == 1
+    (app,) = config["applications"]
+    others = [d for d in app["deployments"] if d["name"] != "EngineDeployment"]
+    assert all(not d.get("ray_actor_options", {}).get("num_gpus") for d in others)
+    assert app["args"]["engine"]["profile"] == "gpu"
+
+    cluster = rayservice(objects)["spec"]["rayClusterConfig"]
+    (gpu_group,) = [g for g in cluster["workerGroupSpecs"] if has_gpu(g)]
+    (container,) = gpu_group["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu_group["minReplicas"] == 0  # scales from zero
+    assert gpu_group["maxReplicas"] >= engine["autoscaling_config"]["max_replicas"]
+    # The accelerator the engine asks for is declared on the group, so the autoscaler can
+    # start a pod of it from zero; and the group offers no Ray CPUs to CPU replicas.
+    accelerator = f"accelerator_type:{engine['ray_actor_options']['accelerator_type']}"
+    assert gpu_group["resources"] == {"CPU": "0", "GPU": "1", accelerator: "1"}
+    assert not has_gpu(cluster["headGroupSpec"])
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+
+
+def has_gpu(group: dict[str, Any]) -> bool:
+    containers = group["template"]["spec"]["containers"]
+    return any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in containers)
+
+
+def test_cpu_overlay_runs_the_local_app_unchanged() -> None:
+    cpu = next(p for p in OVERLAYS if p.name == "cpu")
+    assert serve_config(render(cpu)) == BASE
+
+
+def test_merge_rejects_unknown_names() -> None:
+    with pytest.raises(deploy_config.OverrideError, match="EngineDeploymnt"):
+        deploy_config.merge(BASE, {"applications": {"deepseek-ocr": {
+            "deployments": {"EngineDeploymnt": {"max_ongoing_requests": 1}}}}})  # fmt: skip
+
+
+def test_diff_sees_changes_additions_and_removals() -> None:
+    changed = deploy_config.merge(BASE, {"applications": {"deepseek-ocr": {
+        "args": {"engine": {"profile": "gpu", "sampling": None, "seed": 3}}}}})  # fmt: skip
+    args = ("applications", "deepseek-ocr", "args", "engine")
+    assert deploy_config.diff_paths(BASE, changed) == {
+        (*args, "profile"), (*args, "sampling"), (*args, "seed")
+    }  # fmt: skip
+    # An override that sets what is already there is no override: the overlay test flags it.
+    same = deploy_config.merge(BASE, {"proxy_location": BASE["proxy_location"]})
+    assert deploy_config.diff_paths(BASE, same) == set()
