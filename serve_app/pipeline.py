@@ -105,12 +105,23 @@ class OCRPipeline:
         self, source: object, options: OCROptions, request_id: str
     ) -> tuple[DocumentInfo, AsyncIterator[PageReport]]:
         """Inspect the input (client errors raise here, before any page work), then return
-        an iterator over the page reports in page order."""
+        an iterator over the page reports in page order.
+
+        A single image is also decoded and tiled here: the inspection only read its header,
+        and a body that does not decode is the whole request's error (4xx), not a page's."""
         info = await self._stages.inspect(source, options)
-        return info, self._pages(source, info, options, request_id)
+        first = None
+        if info.kind == "image":
+            first = await self._stages.prepare(source, 0, 1, options)
+        return info, self._pages(source, info, options, request_id, first)
 
     async def _pages(
-        self, source: object, info: DocumentInfo, options: OCROptions, request_id: str
+        self,
+        source: object,
+        info: DocumentInfo,
+        options: OCROptions,
+        request_id: str,
+        first: PreparedPage | None,
     ) -> AsyncIterator[PageReport]:
         todo = iter(info.selected)
         window: deque[asyncio.Task[PageReport]] = deque()
@@ -118,7 +129,9 @@ class OCRPipeline:
         def schedule() -> None:
             for index in todo:
                 number = index + 1
-                coro = self._page(source, index, number, options, f"{request_id}-p{number}")
+                page_id = f"{request_id}-p{number}"
+                prepared = first if index == 0 else None
+                coro = self._page(source, index, number, options, page_id, prepared)
                 window.append(asyncio.ensure_future(coro))
                 if len(window) >= self._window:
                     return
@@ -134,11 +147,17 @@ class OCRPipeline:
                 task.cancel()
 
     async def _page(
-        self, source: object, index: int, number: int, options: OCROptions, request_id: str
+        self,
+        source: object,
+        index: int,
+        number: int,
+        options: OCROptions,
+        request_id: str,
+        prepared: PreparedPage | None = None,
     ) -> PageReport:
         timings: dict[str, float] = {}
         try:
-            page = await self._stages.prepare(source, index, number, options)
+            page = prepared or await self._stages.prepare(source, index, number, options)
             timings["preprocess_s"] = page.seconds
             start = time.perf_counter()
             generation = await self._stages.recognize(page, options, request_id)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from serve_app.config import EngineConfig, PostprocessConfig, PreprocessConfig
 from serve_app.core.document import PageResult, postprocess_page
-from serve_app.core.images import decode_image, to_model_rgb
+from serve_app.core.images import decode_image, open_image, to_model_rgb
 from serve_app.core.modes import Mode, ModelFamily, get_mode
 from serve_app.core.pdf import looks_like_pdf, open_pdf
 from serve_app.core.prompts import build_prompt, custom_prompt
@@ -43,7 +43,7 @@ class Preprocessor:
         if looks_like_pdf(source):
             with open_pdf(source) as doc:
                 return DocumentInfo("pdf", doc.page_count, doc.select(options.pages, max_pages))
-        decode_image(source, max_pixels=self._config.max_image_pixels)
+        open_image(source, max_pixels=self._config.max_image_pixels)  # the pipeline decodes next
         if options.pages not in (None, "", "1"):
             raise InvalidPageRangeError(f"an image has one page; got pages={options.pages!r}")
         return DocumentInfo("image", 1, [0])

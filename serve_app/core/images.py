@@ -33,6 +33,22 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
         ImageTooLargeError: The image has more than ``max_pixels`` pixels.
         CorruptDocumentError: The header is valid but the pixel data cannot be decoded.
     """
+    image = open_image(data, max_pixels=max_pixels)
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptDocumentError(f"image data cannot be decoded: {exc}") from None
+    return image
+
+
+def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Read an image's header and check its format and size; the pixels are not decoded.
+
+    Raises:
+        UnsupportedMediaTypeError: The bytes are not an image in an allowed format.
+        ImageTooLargeError: The image has more than ``max_pixels`` pixels.
+        CorruptDocumentError: The header gives an empty size.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -50,10 +66,6 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
         )
     if width == 0 or height == 0:
         raise CorruptDocumentError(f"image has an empty size {width}x{height}")
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CorruptDocumentError(f"image data cannot be decoded: {exc}") from None
     return image
 
 

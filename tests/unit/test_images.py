@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from serve_app.core.images import decode_image, to_model_rgb
+from serve_app.core.images import decode_image, open_image, to_model_rgb
 from serve_app.errors import CorruptDocumentError, ImageTooLargeError, UnsupportedMediaTypeError
 from serve_app.testing.synthetic import encode, noise_rgb
 
@@ -39,3 +39,12 @@ def test_truncated_image() -> None:
 def test_too_many_pixels() -> None:
     with pytest.raises(ImageTooLargeError, match="limit is 100"):
         decode_image(encode(noise_rgb(20, 20, seed=0)), max_pixels=100)
+
+
+def test_open_image_checks_the_header_without_decoding() -> None:
+    data = encode(noise_rgb(200, 100, seed=0), "PNG")
+    assert open_image(data[: len(data) // 2]).size == (200, 100)  # pixels are not read
+    with pytest.raises(ImageTooLargeError):
+        open_image(data, max_pixels=100)
+    with pytest.raises(UnsupportedMediaTypeError):
+        open_image(b"%PDF? no")

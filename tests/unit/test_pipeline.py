@@ -10,7 +10,12 @@ from serve_app.config import AppConfig, EngineConfig, FakeEngineConfig
 from serve_app.core.document import PageFailure, PageResult
 from serve_app.core.prompts import Task
 from serve_app.engine.fake import FakeEngine
-from serve_app.errors import InvalidInputError, InvalidPageRangeError, TooManyPagesError
+from serve_app.errors import (
+    CorruptDocumentError,
+    InvalidInputError,
+    InvalidPageRangeError,
+    TooManyPagesError,
+)
 from serve_app.pipeline import DocumentInfo, OCROptions, OCRPipeline, PageReport
 from serve_app.responses import document_json
 from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
@@ -82,6 +87,41 @@ def test_client_errors_raise_before_any_page(
 ) -> None:
     with pytest.raises(error):
         run(pipeline(), source, options)
+
+
+def test_image_whose_pixels_do_not_decode_is_a_request_error() -> None:
+    png = encode(noise_rgb(300, 200, seed=2))
+    broken = png[: len(png) // 2]  # the header is fine, the pixel data ends early
+    with pytest.raises(CorruptDocumentError):
+        run(pipeline(), broken, OCROptions())
+
+
+def test_inspecting_an_image_reads_only_its_header() -> None:
+    png = encode(noise_rgb(300, 200, seed=2))
+    info = asyncio.run(stages().inspect(png[: len(png) // 2], OCROptions()))
+    assert (info.kind, info.selected) == ("image", [0])  # decoding would have raised
+
+
+class DecodeCounter(LocalStages):
+    """Counts how often each page is decoded (prepared) and inspected."""
+
+    def __init__(self, base: LocalStages) -> None:
+        super().__init__(base._pre, base._rec, base._post, max_pages=500)  # noqa: SLF001
+        self.prepared: list[int] = []
+
+    async def prepare(self, source: object, index: int, number: int, options: OCROptions):  # type: ignore[no-untyped-def]
+        self.prepared.append(number)
+        return await super().prepare(source, index, number, options)
+
+
+@pytest.mark.parametrize(("source", "pages"), [(encode(noise_rgb(400, 300, seed=3)), [1]),
+                                               (text_pdf(3), [1, 2, 3])])  # fmt: skip
+def test_each_page_is_decoded_once(source: bytes, pages: list[int]) -> None:
+    counter = DecodeCounter(stages())
+    reports = run(OCRPipeline(counter, pages_in_flight=2), source, OCROptions(mode="tiny"))
+    assert [r.number for r in reports] == pages
+    assert all(isinstance(r.outcome, PageResult) for r in reports)
+    assert sorted(counter.prepared) == pages
 
 
 def test_page_limit() -> None:
