@@ -56,7 +56,10 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
 
 
 class HandleStages:
-    """The pipeline's stages as calls to the other deployments."""
+    """One request's pipeline stages, as calls to the other deployments.
+
+    ``overloaded`` is set as soon as one call meets a full queue downstream.
+    """
 
     def __init__(
         self,
@@ -67,39 +70,42 @@ class HandleStages:
     ) -> None:
         self._pre, self._engine, self._post = pre, engine, post
         self._max_pages = max_pages
+        self.overloaded = asyncio.Event()
 
     async def inspect(self, source: object, options: OCROptions) -> DocumentInfo:
-        return await _overload_safe(self._pre.inspect.remote(source, options, self._max_pages))
+        return await self._overload_safe(self._pre.inspect.remote(source, options, self._max_pages))
 
     async def prepare(
         self, source: object, index: int, number: int, options: OCROptions
     ) -> PreparedPage:
-        return await _overload_safe(self._pre.prepare.remote(source, index, number, options))
+        return await self._overload_safe(self._pre.prepare.remote(source, index, number, options))
 
     async def recognize(
         self, page: PreparedPage, options: OCROptions, request_id: str
     ) -> PageGeneration:
-        return await _overload_safe(self._engine.recognize.remote(page.image, options, request_id))
+        call = self._engine.recognize.remote(page.image, options, request_id)
+        return await self._overload_safe(call)
 
     async def postprocess(
         self, page: PreparedPage, generation: PageGeneration, options: OCROptions
     ) -> PageResult:
         size = (page.image.width, page.image.height)
         call = self._post.page.remote(page.number, size, page.pixels, generation.text, options)
-        return await _overload_safe(call)
+        return await self._overload_safe(call)
 
-
-async def _overload_safe(response: Any) -> Any:
-    """Await a handle call. A full queue downstream becomes a 503 with Retry-After; if the
-    caller is cancelled (deadline, client gone) the downstream request is cancelled too, which
-    aborts its engine work (Serve does not do that for an awaited response on its own)."""
-    try:
-        return await response
-    except BackPressureError:
-        raise OverloadedError("the service is at capacity; retry shortly") from None
-    except asyncio.CancelledError:
-        response.cancel()
-        raise
+    async def _overload_safe(self, response: Any) -> Any:
+        """Await a handle call. A full queue downstream becomes a 503 with Retry-After; if the
+        caller is cancelled (deadline, client gone) the downstream request is cancelled too,
+        which aborts its engine work (Serve does not do that for an awaited response on its
+        own)."""
+        try:
+            return await response
+        except BackPressureError:
+            self.overloaded.set()
+            raise OverloadedError("the service is at capacity; retry shortly") from None
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
 
 
 @serve.deployment
@@ -119,8 +125,12 @@ class OCRIngress:
         self._app_name = serve.get_replica_context().app_name
         # serve.status() blocks on the controller: one thread, so stuck probes cannot pile up.
         self._status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-status")
-        stages = HandleStages(preprocess, engine, postprocess, config.max_pages)
-        self._pipeline = OCRPipeline(stages, config.pages_in_flight)
+        self._handles = (preprocess, engine, postprocess)
+
+    def _pipeline(self) -> tuple[OCRPipeline, asyncio.Event]:
+        """A pipeline for one request, and the event its stages set when a queue is full."""
+        stages = HandleStages(*self._handles, self._config.max_pages)
+        return OCRPipeline(stages, self._config.pages_in_flight), stages.overloaded
 
     @api.get("/health")
     async def health(self) -> dict[str, str]:
@@ -180,12 +190,13 @@ class OCRIngress:
         options = chat_options(chat, text, self._preprocess_config)
         request_id = f"chatcmpl-{uuid.uuid4().hex[:16]}"
         model = self._config.model_name
-        info, pages = await self._pipeline.run(ray.put(data), options, request_id)
+        pipeline, overloaded = self._pipeline()
+        info, pages = await pipeline.run(ray.put(data), options, request_id)
         if chat.stream:
             return StreamingResponse(
                 self._chat_stream(request_id, model, pages), media_type="text/event-stream"
             )
-        reports = await self._collect(pages)
+        reports = await self._collect(pages, overloaded)
         summary = summary_json(request_id, model, info, reports)
         truncated = summary["pages_truncated"] or summary["pages_failed"]
         finish: Literal["stop", "length"] = "length" if truncated else "stop"
@@ -239,26 +250,48 @@ class OCRIngress:
         options = params.options(self._preprocess_config)
         request_id = f"ocr-{uuid.uuid4().hex[:16]}"
         source = ray.put(data)
-        info, pages = await self._pipeline.run(source, options, request_id)
+        pipeline, overloaded = self._pipeline()
+        info, pages = await pipeline.run(source, options, request_id)
         if params.stream:
             return StreamingResponse(
                 self._stream(request_id, info, pages, options), media_type="application/x-ndjson"
             )
-        reports = await self._collect(pages)
+        reports = await self._collect(pages, overloaded)
         if params.format == "zip":
             return self._zip(request_id, info, reports, options)
         return JSONResponse(
             document_json(request_id, self._config.model_name, info, reports, options)
         )
 
-    async def _collect(self, pages: AsyncIterator[PageReport]) -> list[PageReport]:
+    async def _collect(
+        self, pages: AsyncIterator[PageReport], overloaded: asyncio.Event
+    ) -> list[PageReport]:
+        """Every page report, in order. As soon as one page meets a full queue downstream
+        (``overloaded``), the whole request fails with 503 and Retry-After instead of a 200
+        with a failed page, and its pages still in flight are cancelled. (A stream reports
+        such a page in place, as any failed page: its 200 is already sent.)"""
+
+        async def collect() -> list[PageReport]:
+            return [report async for report in pages]
+
+        collecting = asyncio.ensure_future(collect())
+        shedding = asyncio.ensure_future(overloaded.wait())
         try:
             async with asyncio.timeout(self._config.request_timeout_s):
-                return [report async for report in pages]
+                await asyncio.wait({collecting, shedding}, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             raise EngineTimeoutError(
                 f"the request did not finish within {self._config.request_timeout_s:.0f} s"
             ) from None
+        finally:
+            shedding.cancel()
+            if not collecting.done():
+                # Cancels the pages in flight, and through them their downstream work.
+                collecting.cancel()
+                await asyncio.wait({collecting})
+        if overloaded.is_set():
+            raise OverloadedError("the service is at capacity; retry shortly")
+        return collecting.result()
 
     async def _stream(
         self,
