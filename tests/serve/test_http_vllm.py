@@ -10,6 +10,7 @@ import pytest
 from serve_app.config import AppConfig
 from serve_app.testing.serve import start_app
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
+from tests.serve.openai_helpers import client, image_message
 
 pytestmark = [pytest.mark.serve, pytest.mark.engine]
 
@@ -50,3 +51,38 @@ def test_two_page_pdf_end_to_end(vllm_app: httpx.Client) -> None:
     assert [p["page"] for p in body["pages"]] == [1, 2]
     assert all("error" not in p and p["usage"]["completion_tokens"] == 8 for p in body["pages"])
     assert body["usage"]["completion_tokens"] == 16
+
+
+def test_openai_client_chat_with_an_image(vllm_app: httpx.Client) -> None:
+    """The official openai package against the real engine: one image (a data URL) in an
+    ``image_url`` part, non-streaming and streaming; greedy decoding gives the same text."""
+    chat = client(vllm_app).chat.completions
+    messages = image_message("Free OCR.")
+    result = chat.create(
+        model="deepseek-ocr",
+        messages=messages,  # type: ignore[arg-type]
+        extra_body={"mode": "tiny"},
+    )
+    assert result.object == "chat.completion" and result.model == "deepseek-ocr"
+    (choice,) = result.choices
+    content = choice.message.content
+    assert choice.message.role == "assistant" and isinstance(content, str)
+    # The tiny model never stops on its own: 8 tokens (sampling.max_tokens), cut short.
+    assert choice.finish_reason == "length"
+    assert result.usage is not None and result.usage.completion_tokens == 8
+    assert result.usage.prompt_tokens > 73  # Tiny mode: 73 image tokens + the prompt
+
+    stream = chat.create(
+        model="deepseek-ocr",
+        messages=messages,  # type: ignore[arg-type]
+        extra_body={"mode": "tiny"},
+        stream=True,
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == content
+    last = chunks[-1]
+    assert last.choices[0].finish_reason == "length"
+    assert last.usage is not None and last.usage.completion_tokens == 8
+    assert last.usage.prompt_tokens == result.usage.prompt_tokens

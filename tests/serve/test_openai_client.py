@@ -9,26 +9,10 @@ import openai
 import pytest
 
 from serve_app.core.markdown import PAGE_SPLIT
-from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
+from serve_app.testing.synthetic import text_pdf
+from tests.serve.openai_helpers import client, image_message
 
 pytestmark = pytest.mark.serve
-
-IMAGE_URL = (
-    "data:image/png;base64," + base64.b64encode(encode(noise_rgb(640, 480, seed=4))).decode()
-)
-
-
-def client(app: httpx.Client) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{str(app.base_url).rstrip('/')}/v1", api_key="unused", max_retries=0
-    )
-
-
-def image_message(text: str = "Free OCR.") -> list[dict[str, object]]:
-    return [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": IMAGE_URL}},
-        {"type": "text", "text": text},
-    ]}]  # fmt: skip
 
 
 def test_chat_completion_with_an_image(fake_app: httpx.Client) -> None:
