@@ -19,6 +19,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
+from serve_app.admission import Admission, AdmissionMiddleware
 from serve_app.chat import ChatRequest, chat_options, chunk, completion, last_user_content
 from serve_app.config import IngressConfig, PreprocessConfig
 from serve_app.core.document import PageResult, bundle_zip, document_markdown
@@ -43,6 +44,9 @@ api = FastAPI(
     summary="Images and PDFs to markdown, text and layout boxes.",
     version="0.1.0",
 )
+
+
+api.add_middleware(AdmissionMiddleware, paths=frozenset({"/v1/ocr", "/v1/chat/completions"}))
 
 
 @api.exception_handler(Exception)
@@ -126,6 +130,31 @@ class OCRIngress:
         # serve.status() blocks on the controller: one thread, so stuck probes cannot pile up.
         self._status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-status")
         self._handles = (preprocess, engine, postprocess)
+        self._was_running = False
+        admission = Admission(config.max_working_requests, config.max_waiting_requests)
+        AdmissionMiddleware.install(admission)
+
+    def _deadline(self, request: Request) -> float:
+        """Event-loop time by which the request must finish (counted from its arrival)."""
+        arrived = getattr(request.state, "arrived", None)
+        start = arrived if arrived is not None else asyncio.get_running_loop().time()
+        return float(start + self._config.request_timeout_s)
+
+    def _timeout_error(self) -> EngineTimeoutError:
+        return EngineTimeoutError(
+            f"the request did not finish within {self._config.request_timeout_s:.0f} s"
+        )
+
+    async def _start(
+        self, pipeline: OCRPipeline, source: object, options: OCROptions, request_id: str,
+        deadline: float,
+    ) -> tuple[DocumentInfo, AsyncIterator[PageReport]]:  # fmt: skip
+        """Inspect the input (and decode a single image) within the request deadline."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await pipeline.run(source, options, request_id)
+        except TimeoutError:
+            raise self._timeout_error() from None
 
     def _pipeline(self) -> tuple[OCRPipeline, asyncio.Event]:
         """A pipeline for one request, and the event its stages set when a queue is full."""
@@ -144,11 +173,14 @@ class OCRIngress:
         Serve reports the application RUNNING once each deployment has its target replicas,
         and an engine replica counts only when its constructor (the engine start) finished;
         so this is the application's status, plus an engine replica answering within 2 s.
-        Replicas that autoscaling adds later leave the application RUNNING: readiness holds
-        during scale-up. While the application is (re)deploying, or unhealthy, this is 503.
+        Once this replica has seen the application RUNNING it stays ready while an engine
+        answers: replicas that autoscaling adds, or an in-place config update rolling the
+        engines, do not take it out of a load balancer.
         """
-        if not await self._application_running():
-            raise NotReadyError("the application is still deploying (engine replicas loading)")
+        if not self._was_running:
+            if not await self._application_running():
+                raise NotReadyError("the application is still deploying (engines loading)")
+            self._was_running = True
         try:
             if await asyncio.wait_for(self._engine.ready.remote(), timeout=2.0):
                 return {"ready": True}
@@ -190,13 +222,13 @@ class OCRIngress:
         options = chat_options(chat, text, self._preprocess_config)
         request_id = f"chatcmpl-{uuid.uuid4().hex[:16]}"
         model = self._config.model_name
+        deadline = self._deadline(request)
         pipeline, overloaded = self._pipeline()
-        info, pages = await pipeline.run(ray.put(data), options, request_id)
+        info, pages = await self._start(pipeline, ray.put(data), options, request_id, deadline)
         if chat.stream:
-            return StreamingResponse(
-                self._chat_stream(request_id, model, pages), media_type="text/event-stream"
-            )
-        reports = await self._collect(pages, overloaded)
+            stream = self._chat_stream(request_id, model, pages, deadline)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        reports = await self._collect(pages, overloaded, deadline)
         summary = summary_json(request_id, model, info, reports)
         truncated = summary["pages_truncated"] or summary["pages_failed"]
         finish: Literal["stop", "length"] = "length" if truncated else "stop"
@@ -204,7 +236,7 @@ class OCRIngress:
         return JSONResponse(completion(request_id, model, content, finish, summary["usage"]))
 
     async def _chat_stream(
-        self, request_id: str, model: str, pages: AsyncIterator[PageReport]
+        self, request_id: str, model: str, pages: AsyncIterator[PageReport], deadline: float
     ) -> AsyncIterator[str]:
         def event(payload: dict[str, Any]) -> str:
             return f"data: {json.dumps(payload)}\n\n"
@@ -214,7 +246,7 @@ class OCRIngress:
         finish = "stop"
         first = True
         try:
-            async with asyncio.timeout(self._config.request_timeout_s):
+            async with asyncio.timeout_at(deadline):
                 async for report in pages:
                     text = document_markdown([report.outcome])
                     yield event(
@@ -227,13 +259,7 @@ class OCRIngress:
                         usage["prompt_tokens"] += report.generation.prompt_tokens
                         usage["completion_tokens"] += report.generation.completion_tokens
         except TimeoutError:
-            yield event(
-                {
-                    "error": EngineTimeoutError("the request did not finish in time").to_body()[
-                        "error"
-                    ]
-                }
-            )
+            yield event(self._timeout_error().to_body())
             return
         yield event(chunk(request_id, model, {}, finish_reason=finish, usage=usage))
         yield "data: [DONE]\n\n"
@@ -249,14 +275,13 @@ class OCRIngress:
         data, params = await read_ocr_request(request, self._config)
         options = params.options(self._preprocess_config)
         request_id = f"ocr-{uuid.uuid4().hex[:16]}"
-        source = ray.put(data)
+        deadline = self._deadline(request)
         pipeline, overloaded = self._pipeline()
-        info, pages = await pipeline.run(source, options, request_id)
+        info, pages = await self._start(pipeline, ray.put(data), options, request_id, deadline)
         if params.stream:
-            return StreamingResponse(
-                self._stream(request_id, info, pages, options), media_type="application/x-ndjson"
-            )
-        reports = await self._collect(pages, overloaded)
+            stream = self._stream(request_id, info, pages, options, deadline)
+            return StreamingResponse(stream, media_type="application/x-ndjson")
+        reports = await self._collect(pages, overloaded, deadline)
         if params.format == "zip":
             return self._zip(request_id, info, reports, options)
         return JSONResponse(
@@ -264,7 +289,7 @@ class OCRIngress:
         )
 
     async def _collect(
-        self, pages: AsyncIterator[PageReport], overloaded: asyncio.Event
+        self, pages: AsyncIterator[PageReport], overloaded: asyncio.Event, deadline: float
     ) -> list[PageReport]:
         """Every page report, in order. As soon as one page meets a full queue downstream
         (``overloaded``), the whole request fails with 503 and Retry-After instead of a 200
@@ -277,12 +302,10 @@ class OCRIngress:
         collecting = asyncio.ensure_future(collect())
         shedding = asyncio.ensure_future(overloaded.wait())
         try:
-            async with asyncio.timeout(self._config.request_timeout_s):
+            async with asyncio.timeout_at(deadline):
                 await asyncio.wait({collecting, shedding}, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
-            raise EngineTimeoutError(
-                f"the request did not finish within {self._config.request_timeout_s:.0f} s"
-            ) from None
+            raise self._timeout_error() from None
         finally:
             shedding.cancel()
             if not collecting.done():
@@ -299,16 +322,16 @@ class OCRIngress:
         info: DocumentInfo,
         pages: AsyncIterator[PageReport],
         options: OCROptions,
+        deadline: float,
     ) -> AsyncIterator[str]:
         reports: list[PageReport] = []
         try:
-            async with asyncio.timeout(self._config.request_timeout_s):
+            async with asyncio.timeout_at(deadline):
                 async for report in pages:
                     reports.append(report)
                     yield json.dumps(page_json(report, options)) + "\n"
         except TimeoutError:
-            error = EngineTimeoutError("the request did not finish in time")
-            yield json.dumps({"object": "error", **error.to_body()}) + "\n"
+            yield json.dumps({"object": "error", **self._timeout_error().to_body()}) + "\n"
             return
         yield json.dumps(summary_json(request_id, self._config.model_name, info, reports)) + "\n"
 

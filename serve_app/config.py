@@ -145,6 +145,13 @@ class IngressConfig(_Config):
     request_timeout_s: float = Field(
         600.0, gt=0, description="Whole-request deadline; past it the answer is 504."
     )
+    max_working_requests: int = Field(
+        64, ge=1, description="OCR and chat requests one ingress replica works on at once."
+    )
+    max_waiting_requests: int = Field(
+        256, ge=0,
+        description="Requests waiting for a turn per replica; beyond them the answer is 429.",
+    )  # fmt: skip
     model_name: str = Field("deepseek-ocr", description="Model id shown by /v1/models.")
 
 

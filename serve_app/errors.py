@@ -108,7 +108,7 @@ class RateLimitedError(ClientError):
 
     status_code = 429
     code = "rate_limited"
-    retry_after_s = 1
+    retry_after_s = 2
 
 
 class ServerError(OCRError):

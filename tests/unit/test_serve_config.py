@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from deployments.app import build_app
+from serve_app.config import AppConfig
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
 
@@ -42,6 +43,16 @@ def test_serve_config_has_no_keys_ray_would_ignore() -> None:
         "applications[deepseek-ocr].deployments[OCRIngress].max_ongoing_request",
         "applications[deepseek-ocr].deployments[OCRIngress].autoscaling_config.min_replica",
     ]
+
+
+def test_ingress_admits_before_serve_queues() -> None:
+    """Our JSON 429 must come before Serve's plain-text one: Serve lets a replica hold more
+    requests than the ingress admits (working + waiting)."""
+    (app,) = yaml.safe_load(CONFIG.read_text())["applications"]
+    (ingress,) = [d for d in app["deployments"] if d["name"] == "OCRIngress"]
+    limits = AppConfig.model_validate(app["args"]).ingress
+    admitted = limits.max_working_requests + limits.max_waiting_requests
+    assert ingress["max_ongoing_requests"] > admitted
 
 
 def test_serve_config_names_every_deployment() -> None:
