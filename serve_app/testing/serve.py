@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,9 +45,9 @@ def start_app(
     if wait:
         serve.run(app, name=name, route_prefix="/")
     else:
-        # serve.run returns once the application is RUNNING; deploy from a thread instead.
-        threading.Thread(
-            target=serve.run, args=(app,), kwargs={"name": name, "route_prefix": "/"},
-            daemon=True,
-        ).start()  # fmt: skip
+        # serve.run returns only once the application is RUNNING; this does not wait.
+        from ray.serve.api import RunTarget, _run_many
+
+        target = RunTarget(target=app, name=name, route_prefix="/")
+        _run_many([target], wait_for_applications_running=False)
     return f"http://127.0.0.1:{port}"
