@@ -150,3 +150,14 @@ def test_operator_checks_catch_what_the_schema_cannot() -> None:
         f"upgradeStrategy.type 'BlueGreen' is not one of {UPGRADE_TYPES}",
         f"{gpu_group['groupName']}: resources set in both rayStartParams and resources",
     ]
+
+
+def test_every_object_lives_in_the_rayservices_namespace(overlay: Path) -> None:
+    objects = render(overlay)
+    namespace = rayservice(objects)["metadata"]["namespace"]
+    for obj in objects:
+        if obj["kind"] == "Namespace":
+            assert obj["metadata"]["name"] == namespace
+        else:  # a PVC elsewhere would leave the GPU pods without their weights
+            assert obj["metadata"].get("namespace") == namespace, obj["metadata"]["name"]
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "deepseek-ocr-serve"
