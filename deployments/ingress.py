@@ -60,10 +60,7 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
 
 
 class HandleStages:
-    """One request's pipeline stages, as calls to the other deployments.
-
-    ``overloaded`` is set as soon as one call meets a full queue downstream.
-    """
+    """The pipeline's stages as calls to the other deployments."""
 
     def __init__(
         self,
@@ -74,42 +71,39 @@ class HandleStages:
     ) -> None:
         self._pre, self._engine, self._post = pre, engine, post
         self._max_pages = max_pages
-        self.overloaded = asyncio.Event()
 
     async def inspect(self, source: object, options: OCROptions) -> DocumentInfo:
-        return await self._overload_safe(self._pre.inspect.remote(source, options, self._max_pages))
+        return await _overload_safe(self._pre.inspect.remote(source, options, self._max_pages))
 
     async def prepare(
         self, source: object, index: int, number: int, options: OCROptions
     ) -> PreparedPage:
-        return await self._overload_safe(self._pre.prepare.remote(source, index, number, options))
+        return await _overload_safe(self._pre.prepare.remote(source, index, number, options))
 
     async def recognize(
         self, page: PreparedPage, options: OCROptions, request_id: str
     ) -> PageGeneration:
-        call = self._engine.recognize.remote(page.image, options, request_id)
-        return await self._overload_safe(call)
+        return await _overload_safe(self._engine.recognize.remote(page.image, options, request_id))
 
     async def postprocess(
         self, page: PreparedPage, generation: PageGeneration, options: OCROptions
     ) -> PageResult:
         size = (page.image.width, page.image.height)
         call = self._post.page.remote(page.number, size, page.pixels, generation.text, options)
-        return await self._overload_safe(call)
+        return await _overload_safe(call)
 
-    async def _overload_safe(self, response: Any) -> Any:
-        """Await a handle call. A full queue downstream becomes a 503 with Retry-After; if the
-        caller is cancelled (deadline, client gone) the downstream request is cancelled too,
-        which aborts its engine work (Serve does not do that for an awaited response on its
-        own)."""
-        try:
-            return await response
-        except BackPressureError:
-            self.overloaded.set()
-            raise OverloadedError("the service is at capacity; retry shortly") from None
-        except asyncio.CancelledError:
-            response.cancel()
-            raise
+
+async def _overload_safe(response: Any) -> Any:
+    """Await a handle call. A full queue downstream becomes a 503 with Retry-After; if the
+    caller is cancelled (deadline, client gone) the downstream request is cancelled too, which
+    aborts its engine work (Serve does not do that for an awaited response on its own)."""
+    try:
+        return await response
+    except BackPressureError:
+        raise OverloadedError("the service is at capacity; retry shortly") from None
+    except asyncio.CancelledError:
+        response.cancel()
+        raise
 
 
 @serve.deployment
@@ -129,7 +123,8 @@ class OCRIngress:
         self._app_name = serve.get_replica_context().app_name
         # serve.status() blocks on the controller: one thread, so stuck probes cannot pile up.
         self._status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-status")
-        self._handles = (preprocess, engine, postprocess)
+        stages = HandleStages(preprocess, engine, postprocess, config.max_pages)
+        self._pipeline = OCRPipeline(stages, config.pages_in_flight)
         self._was_running = False
         admission = Admission(config.max_working_requests, config.max_waiting_requests)
         AdmissionMiddleware.install(admission)
@@ -146,20 +141,14 @@ class OCRIngress:
         )
 
     async def _start(
-        self, pipeline: OCRPipeline, source: object, options: OCROptions, request_id: str,
-        deadline: float,
-    ) -> tuple[DocumentInfo, AsyncIterator[PageReport]]:  # fmt: skip
+        self, source: object, options: OCROptions, request_id: str, deadline: float
+    ) -> tuple[DocumentInfo, AsyncIterator[PageReport]]:
         """Inspect the input (and decode a single image) within the request deadline."""
         try:
             async with asyncio.timeout_at(deadline):
-                return await pipeline.run(source, options, request_id)
+                return await self._pipeline.run(source, options, request_id)
         except TimeoutError:
             raise self._timeout_error() from None
-
-    def _pipeline(self) -> tuple[OCRPipeline, asyncio.Event]:
-        """A pipeline for one request, and the event its stages set when a queue is full."""
-        stages = HandleStages(*self._handles, self._config.max_pages)
-        return OCRPipeline(stages, self._config.pages_in_flight), stages.overloaded
 
     @api.get("/health")
     async def health(self) -> dict[str, str]:
@@ -223,12 +212,11 @@ class OCRIngress:
         request_id = f"chatcmpl-{uuid.uuid4().hex[:16]}"
         model = self._config.model_name
         deadline = self._deadline(request)
-        pipeline, overloaded = self._pipeline()
-        info, pages = await self._start(pipeline, ray.put(data), options, request_id, deadline)
+        info, pages = await self._start(ray.put(data), options, request_id, deadline)
         if chat.stream:
             stream = self._chat_stream(request_id, model, pages, deadline)
             return StreamingResponse(stream, media_type="text/event-stream")
-        reports = await self._collect(pages, overloaded, deadline)
+        reports = await self._collect(pages, deadline)
         summary = summary_json(request_id, model, info, reports)
         truncated = summary["pages_truncated"] or summary["pages_failed"]
         finish: Literal["stop", "length"] = "length" if truncated else "stop"
@@ -258,8 +246,9 @@ class OCRIngress:
                     if report.generation is not None:
                         usage["prompt_tokens"] += report.generation.prompt_tokens
                         usage["completion_tokens"] += report.generation.completion_tokens
-        except TimeoutError:
-            yield event(self._timeout_error().to_body())
+        except (TimeoutError, OverloadedError) as exc:
+            error = self._timeout_error() if isinstance(exc, TimeoutError) else exc
+            yield event(error.to_body())
             return
         yield event(chunk(request_id, model, {}, finish_reason=finish, usage=usage))
         yield "data: [DONE]\n\n"
@@ -276,45 +265,24 @@ class OCRIngress:
         options = params.options(self._preprocess_config)
         request_id = f"ocr-{uuid.uuid4().hex[:16]}"
         deadline = self._deadline(request)
-        pipeline, overloaded = self._pipeline()
-        info, pages = await self._start(pipeline, ray.put(data), options, request_id, deadline)
+        info, pages = await self._start(ray.put(data), options, request_id, deadline)
         if params.stream:
             stream = self._stream(request_id, info, pages, options, deadline)
             return StreamingResponse(stream, media_type="application/x-ndjson")
-        reports = await self._collect(pages, overloaded, deadline)
+        reports = await self._collect(pages, deadline)
         if params.format == "zip":
             return self._zip(request_id, info, reports, options)
         return JSONResponse(
             document_json(request_id, self._config.model_name, info, reports, options)
         )
 
-    async def _collect(
-        self, pages: AsyncIterator[PageReport], overloaded: asyncio.Event, deadline: float
-    ) -> list[PageReport]:
-        """Every page report, in order. As soon as one page meets a full queue downstream
-        (``overloaded``), the whole request fails with 503 and Retry-After instead of a 200
-        with a failed page, and its pages still in flight are cancelled. (A stream reports
-        such a page in place, as any failed page: its 200 is already sent.)"""
-
-        async def collect() -> list[PageReport]:
-            return [report async for report in pages]
-
-        collecting = asyncio.ensure_future(collect())
-        shedding = asyncio.ensure_future(overloaded.wait())
+    async def _collect(self, pages: AsyncIterator[PageReport], deadline: float) -> list[PageReport]:
+        """Every page report, in order; a deadline or a full service fails the request."""
         try:
             async with asyncio.timeout_at(deadline):
-                await asyncio.wait({collecting, shedding}, return_when=asyncio.FIRST_COMPLETED)
+                return [report async for report in pages]
         except TimeoutError:
             raise self._timeout_error() from None
-        finally:
-            shedding.cancel()
-            if not collecting.done():
-                # Cancels the pages in flight, and through them their downstream work.
-                collecting.cancel()
-                await asyncio.wait({collecting})
-        if overloaded.is_set():
-            raise OverloadedError("the service is at capacity; retry shortly")
-        return collecting.result()
 
     async def _stream(
         self,
@@ -330,8 +298,9 @@ class OCRIngress:
                 async for report in pages:
                     reports.append(report)
                     yield json.dumps(page_json(report, options)) + "\n"
-        except TimeoutError:
-            yield json.dumps({"object": "error", **self._timeout_error().to_body()}) + "\n"
+        except (TimeoutError, OverloadedError) as exc:
+            error = self._timeout_error() if isinstance(exc, TimeoutError) else exc
+            yield json.dumps({"object": "error", **error.to_body()}) + "\n"
             return
         yield json.dumps(summary_json(request_id, self._config.model_name, info, reports)) + "\n"
 

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from serve_app.core.document import PageFailure, PageResult
 from serve_app.core.prompts import Task
 from serve_app.core.tiling import PreparedImage
 from serve_app.engine.recognize import PageGeneration
-from serve_app.errors import as_ocr_error
+from serve_app.errors import OverloadedError, as_ocr_error
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,9 @@ class OCRPipeline:
         self, source: object, options: OCROptions, request_id: str
     ) -> tuple[DocumentInfo, AsyncIterator[PageReport]]:
         """Inspect the input (client errors raise here, before any page work), then return
-        an iterator over the page reports in page order.
+        an iterator over the page reports in page order. A failed page is reported in place,
+        except when a stage refuses it for lack of capacity: then the iterator raises
+        :class:`OverloadedError` at once and the pages in flight are cancelled.
 
         A single image is also decoded and tiled here: the inspection only read its header,
         and a body that does not decode is the whole request's error (4xx), not a page's."""
@@ -125,13 +127,15 @@ class OCRPipeline:
     ) -> AsyncIterator[PageReport]:
         todo = iter(info.selected)
         window: deque[asyncio.Task[PageReport]] = deque()
+        # Set by the first page that finds the service full: the whole request fails at once.
+        shed: asyncio.Future[OverloadedError] = asyncio.get_running_loop().create_future()
 
         def schedule() -> None:
             for index in todo:
                 number = index + 1
                 page_id = f"{request_id}-p{number}"
                 prepared = first if index == 0 else None
-                coro = self._page(source, index, number, options, page_id, prepared)
+                coro = self._page(source, index, number, options, page_id, shed, prepared)
                 window.append(asyncio.ensure_future(coro))
                 if len(window) >= self._window:
                     return
@@ -139,7 +143,11 @@ class OCRPipeline:
         schedule()
         try:
             while window:
-                report = await window.popleft()
+                watched: set[asyncio.Future[Any]] = {window[0], shed}
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                if shed.done():
+                    raise shed.result()
+                report = window.popleft().result()
                 schedule()
                 yield report
         finally:
@@ -153,6 +161,7 @@ class OCRPipeline:
         number: int,
         options: OCROptions,
         request_id: str,
+        shed: asyncio.Future[OverloadedError],
         prepared: PreparedPage | None = None,
     ) -> PageReport:
         timings: dict[str, float] = {}
@@ -167,6 +176,8 @@ class OCRPipeline:
             timings["postprocess_s"] = time.perf_counter() - start
         except Exception as exc:  # noqa: BLE001 - isolation point: a page never goes missing
             error = as_ocr_error(exc)
+            if isinstance(error, OverloadedError) and not shed.done():
+                shed.set_result(error)  # a full queue is the service's state, not this page's
             failure = PageFailure(number, error.code, error.message)
             return PageReport(number, failure, timings=timings)
         return PageReport(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -14,6 +15,7 @@ from serve_app.errors import (
     CorruptDocumentError,
     InvalidInputError,
     InvalidPageRangeError,
+    OverloadedError,
     TooManyPagesError,
 )
 from serve_app.pipeline import DocumentInfo, OCROptions, OCRPipeline, PageReport
@@ -122,6 +124,32 @@ def test_each_page_is_decoded_once(source: bytes, pages: list[int]) -> None:
     assert [r.number for r in reports] == pages
     assert all(isinstance(r.outcome, PageResult) for r in reports)
     assert sorted(counter.prepared) == pages
+
+
+class FullFromPage3(LocalStages):
+    """Page 1 takes long; page 3 is refused as if the engine's queue were full."""
+
+    cancelled: list[int] = []
+
+    async def recognize(self, page, options, request_id):  # type: ignore[no-untyped-def]
+        if page.number == 3:
+            raise OverloadedError("the service is at capacity; retry shortly")
+        try:
+            await asyncio.sleep(5 if page.number == 1 else 0)
+        except asyncio.CancelledError:
+            type(self).cancelled.append(page.number)
+            raise
+        return await super().recognize(page, options, request_id)
+
+
+def test_a_full_service_fails_the_request_at_once_and_cancels_its_pages() -> None:
+    base = stages()
+    full = FullFromPage3(base._pre, base._rec, base._post, max_pages=500)  # noqa: SLF001
+    start = time.monotonic()
+    with pytest.raises(OverloadedError):
+        run(OCRPipeline(full, pages_in_flight=4), text_pdf(6), OCROptions(mode="tiny"))
+    assert time.monotonic() - start < 2  # not after page 1's 5 s
+    assert 1 in FullFromPage3.cancelled
 
 
 def test_page_limit() -> None:
