@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup test lint fmt bench bench-engine serve k8s-config
+.PHONY: setup test test-oracle lint fmt bench bench-engine bench-cpu serve k8s-config
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -27,7 +27,12 @@ $(VENV)/.synced-$(VLLM_EXTRA): $(UV) pyproject.toml uv.lock
 setup: $(VENV)/.synced-$(VLLM_EXTRA)
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+
+# Plain vLLM beside our plugin on costly shapes (A4, 4000x300, DeepSeek-OCR-2): run after
+# changing the plugin, tiling or the vLLM pin (about 10 minutes more on a slow CPU).
+test-oracle: setup
+	$(PY) -m pytest --durations=15 -m oracle $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -46,6 +51,10 @@ bench: setup
 # Starts two real engines in turn (several minutes on a 2-core machine).
 bench-engine: setup
 	$(PY) -m bench.engine
+
+# Seconds per page by mode in the dtype `auto` picks and in the other one (two engines in turn).
+bench-cpu: setup
+	$(PY) -m bench.cpu_engine
 
 # Starts the whole graph on port 8000 (CPU: tiny generated checkpoint, no download).
 serve: setup

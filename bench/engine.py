@@ -29,8 +29,7 @@ from serve_app.core.prompts import Task, build_prompt
 from serve_app.core.tiling import prepare_image
 from serve_app.engine.protocol import GenerateRequest
 from serve_app.engine.recognize import generate_once
-from serve_app.engine.source import resolve_model
-from serve_app.engine.vllm_engine import VLLMEngine, engine_args
+from serve_app.engine.vllm_engine import VLLMEngine, prepare_engine
 
 PROMPT = build_prompt(Task.DOCUMENT)
 
@@ -68,7 +67,7 @@ async def bench_builtin(
 ) -> dict[str, float]:
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    args = engine_args(config, str(resolve_model(config.model)))
+    args, _ = prepare_engine(config)
     args = dataclasses.replace(args, hf_overrides={}, enable_mm_embeds=False)
     start = time.perf_counter()
     llm = AsyncLLM.from_engine_args(args)

@@ -10,7 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve_app.core.modes import ModelFamily
+from serve_app.core.modes import ModelFamily, max_image_tokens
+
+# Room beside the largest page in one CPU engine step: its prompt text and a few decodes.
+CPU_STEP_TEXT_TOKENS = 256
 
 
 class _Config(BaseModel):
@@ -86,7 +89,38 @@ class EngineConfig(_Config):
         None, gt=0.0, le=1.0,
         description="Share of GPU memory (on CPU: of RAM) vLLM may use; default by profile.",
     )  # fmt: skip
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    kv_cache_gb: float | None = Field(
+        None, gt=0,
+        description="KV cache size in GiB. Default on CPU: 1 (vLLM's share of RAM would "
+        "count the weights, which float32 doubles); on GPU: what gpu_memory_utilization "
+        "leaves.",
+    )  # fmt: skip
+    cpu_reserved_cores: int | None = Field(
+        None, ge=0,
+        description="CPU profile: cores vLLM keeps free of model threads for its scheduler "
+        "(VLLM_CPU_NUM_OF_RESERVED_CPU). Default: 0 on machines of up to 4 cores, where "
+        "vLLM's one reserved core costs a quarter to half of the compute; vLLM's default "
+        "elsewhere.",
+    )  # fmt: skip
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="'auto': bfloat16 on GPUs and on CPUs with native bf16 (AVX-512 BF16, AMX), "
+        "float32 on other CPUs, float16 on GPUs without bf16. The choice is logged at start.",
+    )
+    max_num_batched_tokens: int | None = Field(
+        None, ge=1,
+        description="Tokens one engine step may schedule, which also bounds the image tokens "
+        "it encodes. Default on CPU: one largest page (a step encodes few images, so it "
+        "stays well inside step_timeout_s); on GPU: vLLM's default. Never below the largest "
+        "page the model family can send.",
+    )  # fmt: skip
+    step_timeout_s: float | None = Field(
+        None, gt=0,
+        description="How long one engine step may run before vLLM declares the engine dead "
+        "(VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS). Default: 1800 on CPU, where a slow machine "
+        "needs minutes for a busy step; 300 (vLLM's) on GPU. A crashed engine process is "
+        "detected at once either way.",
+    )  # fmt: skip
     enforce_eager: bool | None = Field(
         None, description="Skip CUDA graphs / compilation; default True on CPU, False on GPU."
     )
@@ -103,11 +137,34 @@ class EngineConfig(_Config):
                 f"sampling.max_tokens ({self.sampling.max_tokens}) exceeds max_model_len "
                 f"({self.max_model_len})"
             )
+        page = max_image_tokens(self.family)
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < page:
+            # vLLM would never schedule such a page: its request would wait forever.
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) is below the "
+                f"{page} image tokens of the largest {self.family.value} page"
+            )
         return self
 
     @property
     def resolved_max_num_seqs(self) -> int:
         return self.max_num_seqs or (8 if self.profile == "cpu" else 64)
+
+    @property
+    def resolved_max_num_batched_tokens(self) -> int | None:
+        if self.max_num_batched_tokens is not None or self.profile == "gpu":
+            return self.max_num_batched_tokens
+        return max_image_tokens(self.family) + CPU_STEP_TEXT_TOKENS
+
+    @property
+    def resolved_kv_cache_bytes(self) -> int | None:
+        if self.kv_cache_gb is None and self.profile == "gpu":
+            return None
+        return int((self.kv_cache_gb or 1.0) * 2**30)
+
+    @property
+    def resolved_step_timeout_s(self) -> float:
+        return self.step_timeout_s or (1800.0 if self.profile == "cpu" else 300.0)
 
     @property
     def resolved_gpu_memory_utilization(self) -> float:

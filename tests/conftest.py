@@ -1,4 +1,4 @@
-"""Shared test settings: where fixtures and the shared samples live."""
+"""Shared test settings: where fixtures and the shared samples live; the one engine slot."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from tests.support import EngineSlot
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "model-outputs"
@@ -22,3 +24,22 @@ def require_shared_samples() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI expects the shared samples at {SHARED_SAMPLES}")
         pytest.skip(f"shared samples not found at {SHARED_SAMPLES}")
+
+
+_ENGINE_SLOT = EngineSlot()
+
+
+@pytest.fixture(scope="session")
+def engine_slot() -> EngineSlot:
+    """The run's only live engine (in this process or in a Serve app); see :class:`EngineSlot`."""
+    return _ENGINE_SLOT
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Shut the engine down once no test of this module or the next one can use it."""
+    last = nextitem is None or (
+        nextitem.path != item.path and nextitem.get_closest_marker("engine") is None
+    )
+    if last:
+        _ENGINE_SLOT.release()

@@ -1,10 +1,11 @@
-"""Test helpers: an event loop on a thread, so sync tests can share one async engine."""
+"""Test helpers: an event loop on a thread, so sync tests can share one async engine, and
+the slot that keeps one engine alive at a time."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -24,3 +25,34 @@ class LoopThread:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
+
+
+class EngineSlot:
+    """At most one engine alive in a test run: acquiring another shuts the current one down.
+
+    On two cores an idle vLLM engine still costs a quarter of a core, and two engines' memory
+    adds up; tests that need the same engine share it (``key``), in whatever order they run.
+    """
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._value: Any = None
+        self._stop: Callable[[Any], None] | None = None
+
+    @property
+    def key(self) -> str | None:
+        return self._key
+
+    def acquire(self, key: str, start: Callable[[], T], stop: Callable[[T], None]) -> T:
+        if self._key == key:
+            return self._value  # type: ignore[no-any-return]
+        self.release()
+        value = start()
+        self._key, self._value, self._stop = key, value, stop
+        return value
+
+    def release(self) -> None:
+        stop, value = self._stop, self._value
+        self._key, self._value, self._stop = None, None, None
+        if stop is not None:
+            stop(value)

@@ -90,6 +90,22 @@ def image_token_count(
     return total
 
 
+def max_image_tokens(family: ModelFamily) -> int:
+    """The most placeholder tokens one image of ``family`` can take, in any mode and grid.
+
+    >>> max_image_tokens(ModelFamily.OCR1), max_image_tokens(ModelFamily.OCR2)
+    (1263, 1121)
+    """
+    table = _OCR1_MODES if family is ModelFamily.OCR1 else _OCR2_MODES
+    limit = MAX_CROPS_LIMIT if family is ModelFamily.OCR1 else DEFAULT_MAX_CROPS
+    grids = [(w, h) for w in range(1, limit + 1) for h in range(1, limit + 1) if w * h <= limit]
+    return max(
+        mode.num_image_tokens(grid if mode.crop else (1, 1))
+        for mode in table.values()
+        for grid in grids
+    )
+
+
 _OCR1_MODES: dict[ModeName, Mode] = {
     ModeName.TINY: Mode(ModeName.TINY, base_size=512, tile_size=512, crop=False),
     ModeName.SMALL: Mode(ModeName.SMALL, base_size=640, tile_size=640, crop=False),

