@@ -15,6 +15,7 @@ import platform
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 
@@ -26,7 +27,8 @@ from serve_app.core.tiling import prepare_image
 from serve_app.engine.fake import FakeEngine
 from serve_app.engine.protocol import GenerateRequest
 from serve_app.engine.recognize import generate_once
-from serve_app.pipeline import OCROptions, OCRPipeline
+from serve_app.messages import OCROptions
+from serve_app.pipeline import OCRPipeline
 from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
 from serve_app.testing.synthetic import encode, noise_rgb
 
@@ -61,7 +63,7 @@ def main() -> None:
                                              "tokens_per_update": 1000}}}
     )  # fmt: skip
     png = encode(noise_rgb(1190, 1684, seed=0))
-    options = OCROptions(mode="gundam")
+    options = OCROptions(mode=get_mode("gundam"))
     rows: dict[str, tuple[float, list[float]]] = {}
 
     async def baselines() -> None:
@@ -75,7 +77,7 @@ def main() -> None:
 
         rows["engine called directly"] = await measure(direct, args.requests, args.concurrency)
         stages = LocalStages(
-            Preprocessor(config.preprocess, config.engine.family),
+            Preprocessor(config.preprocess),
             Recognizer(engine, config.engine),
             Postprocessor(config.postprocess),
             max_pages=10,
@@ -107,6 +109,7 @@ def main() -> None:
             rows["Serve graph over HTTP"] = await measure(post, args.requests, args.concurrency)
 
     asyncio.run(over_http())
+    sent, received, inline = ingress_bytes_per_page(png, options)
     serve.shutdown()
 
     base_rate, base_lat = rows["engine called directly"]
@@ -122,6 +125,37 @@ def main() -> None:
         print(
             f"{name:<28}{rate:>8.2f}{rate / base_rate:>10.2f}x{mean:>9.3f}{p95:>8.3f}{added:>9.3f}"
         )
+    graph = rows["Serve graph over HTTP"][0] / rows["pipeline in one process"][0]
+    print(f"Serve graph over HTTP / pipeline in one process: {graph:.2f}x requests per second")
+    print(
+        f"bytes the ingress serializes per A4 page: {sent:,} sent + {received:,} received "
+        f"= {sent + received:,} (the page's views and pixels inline would be {inline:,})"
+    )
+
+
+def ingress_bytes_per_page(png: bytes, options: OCROptions) -> tuple[int, int, int]:
+    """What the ingress pickles to and from the stages for one page, as its handles do, and
+    what the page's data weighs inline. Uses the running app's deployments."""
+    import ray
+    from ray import cloudpickle, serve
+
+    from serve_app.messages import PageTask
+
+    def handle(name: str) -> Any:
+        return serve.get_deployment_handle(name, app_name="bench")
+
+    source = ray.put(png)
+    task = PageTask("bench-bytes", 0, "image", options)
+    page = handle("PreprocessDeployment").prepare.remote(source, task).result()
+    generation = handle("EngineDeployment").recognize.remote(page, task).result()
+    result = handle("PostprocessDeployment").page.remote(page, generation.text, task).result()
+    sent = [(source, task), (page, task), (page, generation.text, task)]
+    received = [page, generation, result]
+    size = [len(cloudpickle.dumps(x)) for x in (*sent, *received)]
+    image = ray.get(page.image)
+    pixels = ray.get(page.pixels) if page.pixels is not None else None
+    inline = len(cloudpickle.dumps((image, pixels)))
+    return sum(size[:3]), sum(size[3:]), inline
 
 
 if __name__ == "__main__":

@@ -47,8 +47,8 @@ def build_graph(
         chosen = options.get(deployment.name)
         return deployment.options(**chosen) if chosen else deployment
 
-    preprocess = configured(PreprocessDeployment).bind(args.preprocess, args.engine.family)
+    preprocess = configured(PreprocessDeployment).bind(args.preprocess)
     engine = configured(EngineDeployment).bind(args.engine)
     postprocess = configured(PostprocessDeployment).bind(args.postprocess)
     ingress = configured(OCRIngress)
-    return ingress.bind(args.ingress, args.preprocess, preprocess, engine, postprocess)
+    return ingress.bind(args, preprocess, engine, postprocess)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
+import ray
 from ray import serve
 
 from serve_app.config import EngineConfig
 from serve_app.core.tiling import PreparedImage
 from serve_app.engine import make_engine
 from serve_app.engine.recognize import PageGeneration
-from serve_app.pipeline import OCROptions
+from serve_app.messages import PageTask, PreparedPage
 from serve_app.stages import Recognizer
 
 
@@ -21,10 +23,9 @@ class EngineDeployment:
         await asyncio.wait_for(engine.start(), timeout=config.start_timeout_s)
         self._recognizer = Recognizer(engine, config)
 
-    async def recognize(
-        self, image: PreparedImage, options: OCROptions, request_id: str
-    ) -> PageGeneration:
-        return await self._recognizer.recognize(image, options, request_id)
+    async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
+        image = await page.image if isinstance(page.image, ray.ObjectRef) else page.image
+        return await self._recognizer.recognize(cast(PreparedImage, image), task)
 
     def ready(self) -> bool:
         return self._recognizer.engine.is_ready()
@@ -32,6 +33,10 @@ class EngineDeployment:
     def num_unfinished(self) -> int:
         """Requests the engine is still working on (aborted ones leave promptly)."""
         return self._recognizer.engine.num_unfinished()
+
+    def counters(self) -> dict[str, int]:
+        """Work done by this replica since it started."""
+        return {"pages_recognized": self._recognizer.pages_recognized}
 
     def check_health(self) -> None:
         if not self._recognizer.engine.is_ready():

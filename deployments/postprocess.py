@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
+import ray
 from ray import serve
 
 from serve_app.config import PostprocessConfig
 from serve_app.core.document import PageResult
-from serve_app.pipeline import OCROptions
+from serve_app.messages import PageTask, PreparedPage
 from serve_app.stages import Postprocessor
 
 
@@ -16,12 +19,6 @@ class PostprocessDeployment:
     def __init__(self, config: PostprocessConfig) -> None:
         self._post = Postprocessor(config)
 
-    def page(
-        self,
-        number: int,
-        size: tuple[int, int],
-        pixels: np.ndarray | None,
-        text: str,
-        options: OCROptions,
-    ) -> PageResult:
-        return self._post.page(number, size, pixels, text, options)
+    def page(self, page: PreparedPage, text: str, task: PageTask) -> PageResult:
+        pixels = ray.get(page.pixels) if isinstance(page.pixels, ray.ObjectRef) else page.pixels
+        return self._post.page(page.header, cast("np.ndarray | None", pixels), text, task.options)

@@ -6,21 +6,30 @@ import ray
 from ray import serve
 
 from serve_app.config import PreprocessConfig
-from serve_app.core.modes import ModelFamily
-from serve_app.pipeline import DocumentInfo, OCROptions, PreparedPage
+from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
 from serve_app.stages import Preprocessor
 
 
 @serve.deployment
 class PreprocessDeployment:
-    def __init__(self, config: PreprocessConfig, family: ModelFamily) -> None:
-        self._pre = Preprocessor(config, family)
+    def __init__(self, config: PreprocessConfig) -> None:
+        self._pre = Preprocessor(config)
 
     def inspect(self, source: object, options: OCROptions, max_pages: int) -> DocumentInfo:
         return self._pre.inspect(_bytes(source), options, max_pages)
 
-    def prepare(self, source: object, index: int, number: int, options: OCROptions) -> PreparedPage:
-        return self._pre.prepare(_bytes(source), index, number, options)
+    def prepare(self, source: object, task: PageTask) -> PreparedPage:
+        """The page's header, with its views and pixels left in the object store: the engine
+        and postprocess read them from there, the ingress never does."""
+        header, image, pixels = self._pre.prepare(_bytes(source), task)
+        return PreparedPage(header, ray.put(image), ray.put(pixels) if pixels is not None else None)
+
+    def counters(self) -> dict[str, int]:
+        """Work done by this replica since it started."""
+        return {
+            "documents_opened": self._pre.documents_opened,
+            "pages_prepared": self._pre.pages_prepared,
+        }
 
 
 def _bytes(source: object) -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import ClassVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -56,25 +55,16 @@ class AdmissionMiddleware:
     """ASGI middleware: an OCR request holds a slot for its whole life, streamed body
     included (released when the response ends or the client goes away). It also records the
     arrival time (``request.state.arrived``) that the request deadline counts from.
-
-    Serve serves a frozen copy of the FastAPI app, so the ingress replica cannot reach the
-    app's state from its constructor; it installs its :class:`Admission` here instead (one
-    ingress replica per process). Until then requests pass through.
     """
 
-    admission: ClassVar[Admission | None] = None
-
-    def __init__(self, app: ASGIApp, paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, paths: frozenset[str], admission: Admission) -> None:
         self.app = app
         self.paths = paths
-
-    @classmethod
-    def install(cls, admission: Admission) -> None:
-        cls.admission = admission
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        admission = type(self).admission
-        if scope["type"] != "http" or scope["path"] not in self.paths or admission is None:
+        admission = self.admission
+        if scope["type"] != "http" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})["arrived"] = asyncio.get_running_loop().time()

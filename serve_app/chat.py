@@ -9,16 +9,27 @@ chunk per finished page.
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve_app.config import PreprocessConfig
-from serve_app.core.prompts import parse_task
-from serve_app.errors import InvalidInputError
-from serve_app.http import decode_file_field
-from serve_app.pipeline import OCROptions
+from serve_app.config import IngressConfig
+from serve_app.core.document import document_markdown
+from serve_app.core.markdown import PAGE_SPLIT
+from serve_app.errors import InvalidInputError, OCRError
+from serve_app.http import check_upload_size, decode_file_field
+from serve_app.pipeline import PageReport
+from serve_app.resolve import RequestFields
+from serve_app.responses import summary_json
+
+if TYPE_CHECKING:
+    from serve_app.service import Run
+
+PAGE_BREAK = f"\n\n{PAGE_SPLIT}\n\n"
 
 
 class ChatRequest(BaseModel):
@@ -35,6 +46,25 @@ class ChatRequest(BaseModel):
     mode: str | None = None
     task: str | None = None
     pages: str | None = None
+
+
+async def read_chat_request(
+    request: Request, config: IngressConfig
+) -> tuple[ChatRequest, bytes, str]:
+    """The chat request, the file bytes and the text of its last user turn.
+
+    Raises:
+        InvalidInputError: For a body that is not a chat request, or no image or file.
+        PayloadTooLargeError: For a file past ``max_upload_bytes``.
+    """
+    check_upload_size(request, config)
+    try:
+        chat = ChatRequest.model_validate(json.loads(await request.body()))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise InvalidInputError(f"invalid chat request: {exc}") from None
+    data, text = last_user_content(chat)
+    check_upload_size(data, config)
+    return chat, data, text
 
 
 def last_user_content(request: ChatRequest) -> tuple[bytes, str]:
@@ -75,18 +105,13 @@ def last_user_content(request: ChatRequest) -> tuple[bytes, str]:
     return data, "\n".join(t for t in texts if t.strip()).strip()
 
 
-def chat_options(request: ChatRequest, text: str, preprocess: PreprocessConfig) -> OCROptions:
-    """OCR options for a chat request: ``task`` wins; otherwise the user text is the prompt."""
-    try:
-        task = parse_task(request.task) if request.task else parse_task("document")
-    except ValueError as exc:
-        raise InvalidInputError(str(exc)) from None
-    return OCROptions(
-        task=task,
-        prompt_text=text if (text and not request.task) else None,
-        mode=request.mode or preprocess.default_mode,
+def chat_fields(request: ChatRequest, text: str) -> RequestFields:
+    """The request's fields: ``task`` wins; otherwise the user text is the prompt."""
+    return RequestFields(
+        task=request.task,
+        prompt=text or None,
+        mode=request.mode,
         pages=request.pages,
-        dpi=preprocess.default_dpi,
         include_regions=False,
         max_tokens=request.max_completion_tokens or request.max_tokens,
         temperature=request.temperature,
@@ -138,3 +163,37 @@ def chunk(
             "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
         }
     return out
+
+
+def chat_response(run: Run, reports: Sequence[PageReport]) -> dict[str, Any]:
+    """The ``chat.completion`` for a finished document: its markdown, pages joined."""
+    summary = summary_json(run.request_id, run.model, run.info, reports)
+    truncated = summary["pages_truncated"] or summary["pages_failed"]
+    finish: Literal["stop", "length"] = "length" if truncated else "stop"
+    content = document_markdown([r.outcome for r in reports])
+    return completion(run.request_id, run.model, content, finish, summary["usage"])
+
+
+async def sse_events(run: Run) -> AsyncIterator[str]:
+    """Server-sent events: a role chunk, one chunk per finished page, a final chunk with the
+    finish reason and usage, ``[DONE]``; or an error event (a deadline, a full service)."""
+
+    def event(payload: dict[str, Any]) -> str:
+        return f"data: {json.dumps(payload)}\n\n"
+
+    yield event(chunk(run.request_id, run.model, {"role": "assistant", "content": ""}))
+    reports: list[PageReport] = []
+    try:
+        async for report in run.reports():
+            text = document_markdown([report.outcome])
+            delta = {"content": (PAGE_BREAK if reports else "") + text}
+            reports.append(report)
+            yield event(chunk(run.request_id, run.model, delta))
+    except OCRError as error:
+        yield event(error.to_body())
+        return
+    summary = summary_json(run.request_id, run.model, run.info, reports)
+    truncated = summary["pages_truncated"] or summary["pages_failed"]
+    finish = "length" if truncated else "stop"
+    yield event(chunk(run.request_id, run.model, {}, finish_reason=finish, usage=summary["usage"]))
+    yield "data: [DONE]\n\n"

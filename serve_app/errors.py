@@ -3,7 +3,8 @@
 Every error a request can end in is an :class:`OCRError`. Client errors (4xx) mean "change the
 request"; server errors (5xx) mean "try again later or call an operator". Each class carries a
 stable machine-readable ``code`` and its HTTP status on the class, and its ``__init__`` takes a
-single positional message so instances pickle cleanly across Ray Serve deployment handles.
+message (and the request field at fault, ``param``), which is all it pickles, so instances
+cross Ray Serve deployment handles intact.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ class OCRError(Exception):
     error_type: ClassVar[str] = "server_error"
     retry_after_s: ClassVar[int | None] = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.message, self.param)
 
     def to_body(self) -> dict[str, Any]:
         """The OpenAI-style JSON error body: ``{"error": {message, type, code, param}}``."""
@@ -30,7 +35,7 @@ class OCRError(Exception):
                 "message": self.message,
                 "type": self.error_type,
                 "code": self.code,
-                "param": None,
+                "param": self.param,
             }
         }
 

@@ -11,10 +11,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve_app.config import IngressConfig, PreprocessConfig
-from serve_app.core.prompts import parse_task
+from serve_app.config import IngressConfig
 from serve_app.errors import InvalidInputError, OCRError, PayloadTooLargeError
-from serve_app.pipeline import OCROptions
+from serve_app.resolve import RequestFields
 
 
 class OCRParams(BaseModel):
@@ -22,7 +21,9 @@ class OCRParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field("document", description="document, ocr, free, figure, describe, locate")
+    task: str | None = Field(
+        None, description="document (default), ocr, free, figure, describe, locate"
+    )
     mode: str | None = Field(None, description="tiny, small, base, large, gundam")
     max_crops: int | None = Field(None, description="Gundam tile limit, 2..9")
     text: str | None = Field(None, description="What to find, for task=locate")
@@ -36,18 +37,16 @@ class OCRParams(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
 
-    def options(self, preprocess: PreprocessConfig) -> OCROptions:
-        try:
-            task = parse_task(self.task)
-        except ValueError as exc:
-            raise InvalidInputError(str(exc)) from None
-        return OCROptions(
-            task=task,
-            mode=self.mode or preprocess.default_mode,
+    def fields(self) -> RequestFields:
+        """The request's fields for :func:`serve_app.resolve.resolve_options`; a ZIP always
+        carries figure crops and annotated pages."""
+        return RequestFields(
+            task=self.task,
+            text=self.text,
+            mode=self.mode,
             max_crops=self.max_crops,
-            locate_text=self.text,
             pages=self.pages,
-            dpi=self.dpi or preprocess.default_dpi,
+            dpi=self.dpi,
             include_regions=self.include_regions,
             include_figures=self.include_figures or self.format == "zip",
             include_annotated=self.include_annotated or self.format == "zip",
@@ -93,6 +92,24 @@ def decode_file_field(value: str) -> bytes:
         raise InvalidInputError("'file' is not valid base64") from None
 
 
+def check_upload_size(upload: Request | bytes, config: IngressConfig) -> None:
+    """Refuse an upload past ``max_upload_bytes``: its bytes, or a request by its declared
+    ``Content-Length`` before the body is read.
+
+    Raises:
+        PayloadTooLargeError: Naming the size and the limit.
+    """
+    if isinstance(upload, bytes):
+        size = len(upload)
+    else:
+        length = upload.headers.get("content-length", "")
+        size = int(length) if length.isdigit() else 0
+    if size > config.max_upload_bytes:
+        raise PayloadTooLargeError(
+            f"upload is {size} bytes; the limit is {config.max_upload_bytes}"
+        )
+
+
 async def read_ocr_request(request: Request, config: IngressConfig) -> tuple[bytes, OCRParams]:
     """The uploaded bytes and options from a JSON, multipart or raw-body request.
 
@@ -100,9 +117,7 @@ async def read_ocr_request(request: Request, config: IngressConfig) -> tuple[byt
         PayloadTooLargeError: Past ``max_upload_bytes``.
         InvalidInputError: For a missing file, bad base64 or invalid options.
     """
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > config.max_upload_bytes:
-        raise PayloadTooLargeError(_too_large(int(length), config))
+    check_upload_size(request, config)
     fields: dict[str, Any] = dict(request.query_params)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -125,16 +140,11 @@ async def read_ocr_request(request: Request, config: IngressConfig) -> tuple[byt
         data = await request.body()
     if not data:
         raise InvalidInputError("the request carries no file")
-    if len(data) > config.max_upload_bytes:
-        raise PayloadTooLargeError(_too_large(len(data), config))
+    check_upload_size(data, config)
     try:
         return data, OCRParams.model_validate(fields)
     except ValidationError as exc:
         raise InvalidInputError(_validation_message(exc)) from None
-
-
-def _too_large(size: int, config: IngressConfig) -> str:
-    return f"upload is {size} bytes; the limit is {config.max_upload_bytes}"
 
 
 def _validation_message(exc: ValidationError) -> str:

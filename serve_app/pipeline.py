@@ -8,60 +8,19 @@ handles; in unit tests they are local functions over the fake engine.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-
 from serve_app.core.document import PageFailure, PageResult
-from serve_app.core.prompts import Task
-from serve_app.core.tiling import PreparedImage
 from serve_app.engine.recognize import PageGeneration
 from serve_app.errors import OverloadedError, as_ocr_error
+from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
 
-
-@dataclass(frozen=True)
-class OCROptions:
-    """What one request asks for (already validated by the ingress)."""
-
-    task: Task = Task.DOCUMENT
-    mode: str = "gundam"
-    max_crops: int | None = None
-    locate_text: str | None = None
-    prompt_text: str | None = None  # a free-form instruction instead of the task's prompt
-    pages: str | None = None
-    dpi: int = 144
-    include_regions: bool = True
-    include_figures: bool = False
-    include_annotated: bool = False
-    max_tokens: int | None = None
-    temperature: float | None = None
-
-    @property
-    def needs_page_image(self) -> bool:
-        return self.include_figures or self.include_annotated
-
-
-@dataclass(frozen=True)
-class DocumentInfo:
-    """The input as the preprocess stage sees it."""
-
-    kind: str  # "pdf" | "image"
-    page_count: int
-    selected: Sequence[int]  # 0-based indices, in output order
-
-
-@dataclass(frozen=True, eq=False)
-class PreparedPage:
-    """A page ready for the engine, plus its pixels when postprocessing needs them."""
-
-    number: int
-    image: PreparedImage
-    pixels: np.ndarray | None  # oriented RGB page, HxWx3 uint8
-    seconds: float
+logger = logging.getLogger("ray.serve")
 
 
 @dataclass(frozen=True)
@@ -81,16 +40,12 @@ class Stages(Protocol):
 
     async def inspect(self, source: object, options: OCROptions) -> DocumentInfo: ...
 
-    async def prepare(
-        self, source: object, index: int, number: int, options: OCROptions
-    ) -> PreparedPage: ...
+    async def prepare(self, source: object, task: PageTask) -> PreparedPage: ...
 
-    async def recognize(
-        self, page: PreparedPage, options: OCROptions, request_id: str
-    ) -> PageGeneration: ...
+    async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration: ...
 
     async def postprocess(
-        self, page: PreparedPage, generation: PageGeneration, options: OCROptions
+        self, page: PreparedPage, generation: PageGeneration, task: PageTask
     ) -> PageResult: ...
 
 
@@ -114,7 +69,7 @@ class OCRPipeline:
         info = await self._stages.inspect(source, options)
         first = None
         if info.kind == "image":
-            first = await self._stages.prepare(source, 0, 1, options)
+            first = await self._stages.prepare(source, PageTask(request_id, 0, "image", options))
         return info, self._pages(source, info, options, request_id, first)
 
     async def _pages(
@@ -132,11 +87,9 @@ class OCRPipeline:
 
         def schedule() -> None:
             for index in todo:
-                number = index + 1
-                page_id = f"{request_id}-p{number}"
+                task = PageTask(request_id, index, info.kind, options)
                 prepared = first if index == 0 else None
-                coro = self._page(source, index, number, options, page_id, shed, prepared)
-                window.append(asyncio.ensure_future(coro))
+                window.append(asyncio.ensure_future(self._page(source, task, shed, prepared)))
                 if len(window) >= self._window:
                     return
 
@@ -151,40 +104,39 @@ class OCRPipeline:
                 schedule()
                 yield report
         finally:
-            for task in window:
-                task.cancel()
+            for pending in window:
+                pending.cancel()
 
     async def _page(
         self,
         source: object,
-        index: int,
-        number: int,
-        options: OCROptions,
-        request_id: str,
+        task: PageTask,
         shed: asyncio.Future[OverloadedError],
         prepared: PreparedPage | None = None,
     ) -> PageReport:
         timings: dict[str, float] = {}
         try:
-            page = prepared or await self._stages.prepare(source, index, number, options)
-            timings["preprocess_s"] = page.seconds
+            page = prepared or await self._stages.prepare(source, task)
+            timings["preprocess_s"] = page.header.seconds
             start = time.perf_counter()
-            generation = await self._stages.recognize(page, options, request_id)
+            generation = await self._stages.recognize(page, task)
             timings["engine_s"] = time.perf_counter() - start
             start = time.perf_counter()
-            result = await self._stages.postprocess(page, generation, options)
+            result = await self._stages.postprocess(page, generation, task)
             timings["postprocess_s"] = time.perf_counter() - start
         except Exception as exc:  # noqa: BLE001 - isolation point: a page never goes missing
             error = as_ocr_error(exc)
+            if error is not exc and error.code == "internal_error":
+                logger.error("page %s failed unexpectedly", task.page_id, exc_info=exc)
             if isinstance(error, OverloadedError) and not shed.done():
                 shed.set_result(error)  # a full queue is the service's state, not this page's
-            failure = PageFailure(number, error.code, error.message)
-            return PageReport(number, failure, timings=timings)
+            failure = PageFailure(task.number, error.code, error.message)
+            return PageReport(task.number, failure, timings=timings)
         return PageReport(
-            number,
+            task.number,
             result,
             generation=generation,
-            mode=page.image.mode.name.value,
-            grid=page.image.grid,
+            mode=page.header.mode,
+            grid=page.header.grid,
             timings=timings,
         )

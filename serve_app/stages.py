@@ -6,6 +6,7 @@ wires them together in-process for tests and tools.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -14,32 +15,38 @@ from PIL import Image
 from serve_app.config import EngineConfig, PostprocessConfig, PreprocessConfig
 from serve_app.core.document import PageResult, postprocess_page
 from serve_app.core.images import decode_image, open_image, to_model_rgb
-from serve_app.core.modes import Mode, ModelFamily, get_mode
 from serve_app.core.pdf import looks_like_pdf, open_pdf
-from serve_app.core.prompts import build_prompt, custom_prompt
 from serve_app.core.tiling import PreparedImage, prepare_image
 from serve_app.engine.protocol import GenerateRequest, OCREngine
 from serve_app.engine.recognize import PageGeneration, recognize
-from serve_app.errors import InvalidInputError, InvalidPageRangeError
-from serve_app.pipeline import DocumentInfo, OCROptions, PreparedPage
+from serve_app.errors import InvalidPageRangeError
+from serve_app.messages import (
+    DocumentInfo,
+    OCROptions,
+    PageHeader,
+    PageTask,
+    PreparedPage,
+    page_header,
+)
 
 
 class Preprocessor:
     """Decodes images and PDFs and makes the engine's views of each page."""
 
-    def __init__(self, config: PreprocessConfig, family: ModelFamily) -> None:
+    def __init__(self, config: PreprocessConfig) -> None:
         self._config = config
-        self._family = family
+        self.documents_opened = 0
+        self.pages_prepared = 0
 
     def inspect(self, source: bytes, options: OCROptions, max_pages: int) -> DocumentInfo:
-        """Validate the input and the page selection before any page is processed.
+        """Open the input and select its pages before any page is processed (the options
+        were checked at the door).
 
         Raises:
-            ClientError: For undecodable, encrypted, empty or over-limit input, bad options.
+            ClientError: For undecodable, encrypted, empty or over-limit input, or a page
+                selection outside the document.
         """
-        self.mode(options)
-        if options.dpi > self._config.max_dpi:
-            raise InvalidInputError(f"dpi {options.dpi} is above the limit {self._config.max_dpi}")
+        self.documents_opened += 1
         if looks_like_pdf(source):
             with open_pdf(source) as doc:
                 return DocumentInfo("pdf", doc.page_count, doc.select(options.pages, max_pages))
@@ -48,29 +55,23 @@ class Preprocessor:
             raise InvalidPageRangeError(f"an image has one page; got pages={options.pages!r}")
         return DocumentInfo("image", 1, [0])
 
-    def mode(self, options: OCROptions) -> Mode:
-        """The mode the options name, for this model family.
-
-        Raises:
-            InvalidInputError: For an unknown mode or a bad ``max_crops``.
-        """
-        try:
-            return get_mode(options.mode, family=self._family, max_crops=options.max_crops)
-        except ValueError as exc:
-            raise InvalidInputError(str(exc)) from None
-
-    def prepare(self, source: bytes, index: int, number: int, options: OCROptions) -> PreparedPage:
+    def prepare(
+        self, source: bytes, task: PageTask
+    ) -> tuple[PageHeader, PreparedImage, np.ndarray | None]:
         """Render or decode one page and tile it for the engine."""
         start = time.perf_counter()
-        if looks_like_pdf(source):
+        self.pages_prepared += 1
+        options = task.options
+        if task.kind == "pdf":
             with open_pdf(source) as doc:
-                image = doc.render(index, options.dpi, max_pixels=self._config.max_page_pixels)
+                image = doc.render(task.index, options.dpi, max_pixels=self._config.max_page_pixels)
         else:
             image = decode_image(source, max_pixels=self._config.max_image_pixels)
         rgb = to_model_rgb(image)
-        prepared = prepare_image(rgb, self.mode(options))
+        prepared = prepare_image(rgb, options.mode)
         pixels = np.asarray(rgb) if options.needs_page_image else None
-        return PreparedPage(number, prepared, pixels, time.perf_counter() - start)
+        header = page_header(task.number, prepared, time.perf_counter() - start)
+        return header, prepared, pixels
 
 
 class Recognizer:
@@ -79,25 +80,24 @@ class Recognizer:
     def __init__(self, engine: OCREngine, config: EngineConfig) -> None:
         self.engine = engine
         self._config = config
+        self.pages_recognized = 0
 
-    async def recognize(
-        self, image: PreparedImage, options: OCROptions, request_id: str
-    ) -> PageGeneration:
-        try:
-            if options.prompt_text:
-                prompt = custom_prompt(options.prompt_text)
-            else:
-                prompt = build_prompt(options.task, options.locate_text)
-        except ValueError as exc:
-            raise InvalidInputError(str(exc)) from None
+    async def recognize(self, image: PreparedImage, task: PageTask) -> PageGeneration:
+        """One page to completion; its token ids and logprobs only if the request asked."""
+        self.pages_recognized += 1
+        options = task.options
         request = GenerateRequest(
-            request_id=request_id,
-            prompt=prompt,
+            request_id=task.page_id,
+            prompt=options.prompt,
             image=image,
             max_tokens=options.max_tokens,
             temperature=options.temperature,
+            logprobs=options.return_tokens,
         )
-        return await recognize(self.engine, request, self._config.retry)
+        generation = await recognize(self.engine, request, self._config.retry)
+        if options.return_tokens:
+            return generation
+        return dataclasses.replace(generation, token_ids=(), logprobs=None)
 
 
 class Postprocessor:
@@ -107,20 +107,15 @@ class Postprocessor:
         self._config = config
 
     def page(
-        self,
-        number: int,
-        size: tuple[int, int],
-        pixels: np.ndarray | None,
-        text: str,
-        options: OCROptions,
+        self, header: PageHeader, pixels: np.ndarray | None, text: str, options: OCROptions
     ) -> PageResult:
         image = Image.fromarray(pixels) if pixels is not None else None
         return postprocess_page(
             text,
-            page_number=number,
-            size=size,
+            page_number=header.number,
+            size=(header.width, header.height),
             image=image,
-            labels_are_text=options.task.labels_are_text,
+            labels_are_text=options.labels_are_text,
             with_figures=options.include_figures and image is not None,
             with_annotated=options.include_annotated and image is not None,
         )
@@ -143,19 +138,16 @@ class LocalStages:
         assert isinstance(source, bytes)
         return self._pre.inspect(source, options, self._max_pages)
 
-    async def prepare(
-        self, source: object, index: int, number: int, options: OCROptions
-    ) -> PreparedPage:
+    async def prepare(self, source: object, task: PageTask) -> PreparedPage:
         assert isinstance(source, bytes)
-        return self._pre.prepare(source, index, number, options)
+        return PreparedPage(*self._pre.prepare(source, task))
 
-    async def recognize(
-        self, page: PreparedPage, options: OCROptions, request_id: str
-    ) -> PageGeneration:
-        return await self._rec.recognize(page.image, options, request_id)
+    async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
+        assert isinstance(page.image, PreparedImage)
+        return await self._rec.recognize(page.image, task)
 
     async def postprocess(
-        self, page: PreparedPage, generation: PageGeneration, options: OCROptions
+        self, page: PreparedPage, generation: PageGeneration, task: PageTask
     ) -> PageResult:
-        size = (page.image.width, page.image.height)
-        return self._post.page(page.number, size, page.pixels, generation.text, options)
+        assert page.pixels is None or isinstance(page.pixels, np.ndarray)
+        return self._post.page(page.header, page.pixels, generation.text, task.options)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import EngineSlot
+from tests.support import EngineSlot, LoopThread
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "model-outputs"
@@ -27,6 +28,14 @@ def require_shared_samples() -> None:
 
 
 _ENGINE_SLOT = EngineSlot()
+
+
+@pytest.fixture(scope="session")
+def loop() -> Iterator[LoopThread]:
+    """One event loop on a thread for the run's in-process engines."""
+    runner = LoopThread()
+    yield runner
+    runner.close()
 
 
 @pytest.fixture(scope="session")

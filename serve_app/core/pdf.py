@@ -35,18 +35,21 @@ def looks_like_pdf(data: bytes) -> bool:
     return PDF_MAGIC in data[:1024]
 
 
-def parse_page_ranges(spec: str | None, page_count: int) -> list[int]:
-    """0-based page indices for a 1-based selection such as ``"1-3,7"``, ``"5-"`` or ``"-2"``.
+def page_spans(spec: str | None) -> list[tuple[int, int | None]]:
+    """The 1-based ``(first, last)`` spans of a selection such as ``"1-3,7"``, ``"5-"`` or
+    ``"-2"``; ``last`` is ``None`` for an open end. ``None`` or ``""`` is every page: ``[]``.
 
-    ``None`` or an empty string selects every page. Indices come back sorted and unique.
+    Checks everything that does not need the document (the request's door does this).
+
+    >>> page_spans("1-3,7,9-")
+    [(1, 3), (7, 7), (9, None)]
 
     Raises:
-        InvalidPageRangeError: For malformed parts, reversed ranges, page 0, or pages past the
-            end of the document.
+        InvalidPageRangeError: For malformed parts, reversed ranges or page 0.
     """
     if spec is None or not spec.strip():
-        return list(range(page_count))
-    selected: set[int] = set()
+        return []
+    spans: list[tuple[int, int | None]] = []
     for part in spec.split(","):
         match = _RANGE_RE.match(part)
         if not match or not (match[1] or match[3]) or (match[1] and match[3] and not match[2]):
@@ -54,14 +57,33 @@ def parse_page_ranges(spec: str | None, page_count: int) -> list[int]:
                 f"invalid page selection {part.strip()!r} in {spec!r}; use e.g. '1-3,7' or '5-'"
             )
         first = int(match[1]) if match[1] else 1
-        last = first if not match[2] else (int(match[3]) if match[3] else page_count)
-        if first < 1 or last < first:
+        last = first if not match[2] else (int(match[3]) if match[3] else None)
+        if first < 1 or (last is not None and last < first):
             raise InvalidPageRangeError(f"invalid page range {part.strip()!r}: pages count from 1")
-        if last > page_count:
+        spans.append((first, last))
+    return spans
+
+
+def parse_page_ranges(spec: str | None, page_count: int) -> list[int]:
+    """0-based page indices for a 1-based selection (see :func:`page_spans`).
+
+    ``None`` or an empty string selects every page. Indices come back sorted and unique.
+
+    Raises:
+        InvalidPageRangeError: For malformed parts, reversed ranges, page 0, or pages past the
+            end of the document.
+    """
+    spans = page_spans(spec)
+    if not spans:
+        return list(range(page_count))
+    selected: set[int] = set()
+    for first, last in spans:
+        end = page_count if last is None else last
+        if end > page_count or first > page_count:
             raise InvalidPageRangeError(
-                f"page {last} requested but the document has {page_count} page(s)"
+                f"page {max(first, end)} requested but the document has {page_count} page(s)"
             )
-        selected.update(range(first - 1, last))
+        selected.update(range(first - 1, end))
     return sorted(selected)
 
 

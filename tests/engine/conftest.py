@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from serve_app.config import EngineConfig
-from serve_app.core.modes import ModelFamily
+from serve_app.core.images import to_model_rgb
+from serve_app.core.modes import ModelFamily, get_mode
+from serve_app.core.pdf import open_pdf
+from serve_app.core.prompts import Task, build_prompt
+from serve_app.core.tiling import prepare_image
 from serve_app.engine.fake import FakeEngine
-from serve_app.engine.protocol import OCREngine
+from serve_app.engine.protocol import GenerateRequest, OCREngine
+from serve_app.engine.recognize import PageGeneration, generate_once
 from serve_app.engine.vllm_engine import VLLMEngine, prepare_engine
+from serve_app.testing.synthetic import text_pdf
 from tests.support import EngineSlot, LoopThread
 
 # Small enough for CPU tests; the real default is 8192.
 TEST_ENGINE_CONFIG = EngineConfig(kind="vllm", model="tiny", max_model_len=4096,
                                   sampling={"max_tokens": 4096}, max_num_seqs=4)  # fmt: skip
 OCR2_CONFIG = TEST_ENGINE_CONFIG.model_copy(update={"family": ModelFamily.OCR2})
-
-
-@pytest.fixture(scope="session")
-def loop() -> Iterator[LoopThread]:
-    runner = LoopThread()
-    yield runner
-    runner.close()
 
 
 def plugin_engine(slot: EngineSlot, loop: LoopThread, config: EngineConfig) -> VLLMEngine:
@@ -95,3 +93,20 @@ def builtin_generate(
         return tuple(ids), tuple(logprobs), prompt_tokens
 
     return loop.run(go())
+
+
+A4_MAX_TOKENS = 8
+_a4_outputs: dict[str, PageGeneration] = {}
+
+
+def plugin_a4_page(slot: EngineSlot, loop: LoopThread) -> PageGeneration:
+    """An A4 page (144 dpi) in Gundam mode through the in-process plugin engine, generated
+    once per run: the reference the Serve graph over HTTP must reproduce."""
+    if "a4" not in _a4_outputs:
+        with open_pdf(text_pdf(1)) as doc:
+            page = to_model_rgb(doc.render(0, dpi=144))
+        request = GenerateRequest("a4-reference", build_prompt(Task.DOCUMENT),
+                                  prepare_image(page, get_mode("gundam")), max_tokens=A4_MAX_TOKENS)  # fmt: skip
+        engine = plugin_engine(slot, loop, TEST_ENGINE_CONFIG)
+        _a4_outputs["a4"] = loop.run(generate_once(engine, request))
+    return _a4_outputs["a4"]

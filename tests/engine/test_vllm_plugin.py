@@ -27,6 +27,7 @@ from tests.engine.conftest import (
     TEST_ENGINE_CONFIG,
     builtin_engine,
     builtin_generate,
+    plugin_a4_page,
     plugin_engine,
 )
 from tests.support import EngineSlot, LoopThread
@@ -86,6 +87,16 @@ def test_every_mode_runs(mode: str, vllm_engine: VLLMEngine, loop: LoopThread) -
                             "gundam": 273 + 10 * 21}[mode]  # fmt: skip
     assert 0 < result.prompt_tokens - image_tokens < 100  # BOS + the task text
     assert result.completion_tokens == len(result.token_ids) > 0
+
+
+def test_an_a4_page_in_gundam_mode(engine_slot: EngineSlot, loop: LoopThread) -> None:
+    result = plugin_a4_page(engine_slot, loop)  # kept: the Serve graph test compares with it
+    image = prepare_image(a4_page(), get_mode("gundam"))
+    assert (image.width, image.height, image.grid, image.num_image_tokens) == (
+        1190, 1684, (2, 3), 903,
+    )  # fmt: skip
+    assert 0 < result.prompt_tokens - 903 < 100
+    assert result.text and result.completion_tokens == len(result.token_ids) > 0
 
 
 def test_mixed_batch_equals_alone(vllm_engine: VLLMEngine, loop: LoopThread) -> None:

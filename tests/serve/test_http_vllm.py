@@ -10,18 +10,20 @@ import pytest
 from serve_app.config import AppConfig
 from serve_app.testing.serve import start_app
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
+from tests.engine.conftest import A4_MAX_TOKENS, plugin_a4_page
 from tests.serve.openai_helpers import client, image_message
-from tests.support import EngineSlot
+from tests.support import EngineSlot, LoopThread
 
 pytestmark = [pytest.mark.serve, pytest.mark.engine]
 
 
-@pytest.fixture
-def vllm_app(engine_slot: EngineSlot) -> Iterator[httpx.Client]:
+def serve_vllm_app(slot: EngineSlot) -> str:
+    """The graph with the real engine (tiny checkpoint, 8 tokens a page), shared while alive."""
+
     def start() -> str:
         config = AppConfig.model_validate(
             {"engine": {"kind": "vllm", "model": "tiny", "max_model_len": 4096, "max_num_seqs": 4,
-                        "sampling": {"max_tokens": 8}, "retry": {"temperatures": []}}}
+                        "sampling": {"max_tokens": A4_MAX_TOKENS}, "retry": {"temperatures": []}}}
         )  # fmt: skip
         return start_app(config, name="ocr-vllm")
 
@@ -30,9 +32,29 @@ def vllm_app(engine_slot: EngineSlot) -> Iterator[httpx.Client]:
 
         serve.shutdown()
 
-    url = engine_slot.acquire("serve-vllm", start, stop)
-    with httpx.Client(base_url=url, timeout=300) as client:
+    return slot.acquire("serve-vllm", start, stop)
+
+
+@pytest.fixture
+def vllm_app(engine_slot: EngineSlot) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=serve_vllm_app(engine_slot), timeout=300) as client:
         yield client
+
+
+def test_gundam_a4_page_over_http_equals_the_in_process_plugin_path(
+    engine_slot: EngineSlot, loop: LoopThread
+) -> None:
+    # The in-process reference first (kept from the engine tests in a full run), then the graph.
+    expected = plugin_a4_page(engine_slot, loop)
+    with httpx.Client(base_url=serve_vllm_app(engine_slot), timeout=300) as client:
+        r = client.post("/v1/ocr", content=text_pdf(1), params={"mode": "gundam"},
+                        headers={"content-type": "application/pdf"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    (page,) = r.json()["pages"]
+    assert (page["width"], page["height"], page["grid"]) == (1190, 1684, [2, 3])
+    assert page["usage"]["prompt_tokens"] == expected.prompt_tokens
+    assert page["usage"]["completion_tokens"] == expected.completion_tokens == A4_MAX_TOKENS
+    assert page["raw_text"] == expected.text
 
 
 def test_image_end_to_end(vllm_app: httpx.Client) -> None:

@@ -24,3 +24,16 @@ def test_core_imports_no_heavy_frameworks() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert len(CORE_MODULES) >= 8
+
+
+def test_the_request_path_imports_no_ray_or_vllm() -> None:
+    """The HTTP API, its service and the pipeline run in-process in tests, without Ray."""
+    modules = ["serve_app.api", "serve_app.service", "serve_app.pipeline", "serve_app.stages",
+               "serve_app.resolve", "serve_app.messages", "serve_app.access_log"]  # fmt: skip
+    code = (
+        "import sys\n"
+        f"for m in {modules!r}: __import__(m)\n"
+        "print(sorted(m for m in ('ray', 'vllm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -9,19 +9,23 @@ import pytest
 
 from serve_app.config import AppConfig, EngineConfig, FakeEngineConfig
 from serve_app.core.document import PageFailure, PageResult
-from serve_app.core.prompts import Task
+from serve_app.core.modes import get_mode
+from serve_app.core.prompts import Task, build_prompt
 from serve_app.engine.fake import FakeEngine
+from serve_app.engine.recognize import PageGeneration
 from serve_app.errors import (
     CorruptDocumentError,
-    InvalidInputError,
     InvalidPageRangeError,
     OverloadedError,
     TooManyPagesError,
 )
-from serve_app.pipeline import DocumentInfo, OCROptions, OCRPipeline, PageReport
+from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
+from serve_app.pipeline import OCRPipeline, PageReport
 from serve_app.responses import document_json
 from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
+
+TINY = get_mode("tiny")
 
 
 def stages(fake: FakeEngineConfig | None = None, max_pages: int = 500) -> LocalStages:
@@ -29,7 +33,7 @@ def stages(fake: FakeEngineConfig | None = None, max_pages: int = 500) -> LocalS
     engine = FakeEngine(config.engine.fake, config.engine.sampling)
     asyncio.run(engine.start())
     return LocalStages(
-        Preprocessor(config.preprocess, config.engine.family),
+        Preprocessor(config.preprocess),
         Recognizer(engine, config.engine),
         Postprocessor(config.postprocess),
         max_pages=max_pages,
@@ -68,7 +72,9 @@ def test_failed_pages_stay_in_place_as_errors() -> None:
 
 def test_image_input_and_task_options() -> None:
     reports = run(
-        pipeline(), encode(noise_rgb(800, 600, seed=1)), OCROptions(task=Task.FREE, mode="tiny")
+        pipeline(),
+        encode(noise_rgb(800, 600, seed=1)),
+        OCROptions(mode=TINY, prompt=build_prompt(Task.FREE)),
     )
     assert len(reports) == 1 and reports[0].mode == "tiny"
     assert isinstance(reports[0].outcome, PageResult)
@@ -79,12 +85,10 @@ def test_image_input_and_task_options() -> None:
     ("options", "source", "error"),
     [
         (OCROptions(pages="9"), text_pdf(3), InvalidPageRangeError),
-        (OCROptions(mode="huge"), text_pdf(1), InvalidInputError),
         (OCROptions(pages="2"), encode(noise_rgb(10, 10, seed=0)), InvalidPageRangeError),
-        (OCROptions(dpi=1200), text_pdf(1), InvalidInputError),
     ],
 )
-def test_client_errors_raise_before_any_page(
+def test_selection_errors_raise_before_any_page(
     options: OCROptions, source: bytes, error: type[Exception]
 ) -> None:
     with pytest.raises(error):
@@ -111,16 +115,16 @@ class DecodeCounter(LocalStages):
         super().__init__(base._pre, base._rec, base._post, max_pages=500)  # noqa: SLF001
         self.prepared: list[int] = []
 
-    async def prepare(self, source: object, index: int, number: int, options: OCROptions):  # type: ignore[no-untyped-def]
-        self.prepared.append(number)
-        return await super().prepare(source, index, number, options)
+    async def prepare(self, source: object, task: PageTask) -> PreparedPage:
+        self.prepared.append(task.number)
+        return await super().prepare(source, task)
 
 
 @pytest.mark.parametrize(("source", "pages"), [(encode(noise_rgb(400, 300, seed=3)), [1]),
                                                (text_pdf(3), [1, 2, 3])])  # fmt: skip
 def test_each_page_is_decoded_once(source: bytes, pages: list[int]) -> None:
     counter = DecodeCounter(stages())
-    reports = run(OCRPipeline(counter, pages_in_flight=2), source, OCROptions(mode="tiny"))
+    reports = run(OCRPipeline(counter, pages_in_flight=2), source, OCROptions(mode=TINY))
     assert [r.number for r in reports] == pages
     assert all(isinstance(r.outcome, PageResult) for r in reports)
     assert sorted(counter.prepared) == pages
@@ -131,15 +135,15 @@ class FullFromPage3(LocalStages):
 
     cancelled: list[int] = []
 
-    async def recognize(self, page, options, request_id):  # type: ignore[no-untyped-def]
-        if page.number == 3:
+    async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
+        if task.number == 3:
             raise OverloadedError("the service is at capacity; retry shortly")
         try:
-            await asyncio.sleep(5 if page.number == 1 else 0)
+            await asyncio.sleep(5 if task.number == 1 else 0)
         except asyncio.CancelledError:
-            type(self).cancelled.append(page.number)
+            type(self).cancelled.append(task.number)
             raise
-        return await super().recognize(page, options, request_id)
+        return await super().recognize(page, task)
 
 
 def test_a_full_service_fails_the_request_at_once_and_cancels_its_pages() -> None:
@@ -147,7 +151,7 @@ def test_a_full_service_fails_the_request_at_once_and_cancels_its_pages() -> Non
     full = FullFromPage3(base._pre, base._rec, base._post, max_pages=500)  # noqa: SLF001
     start = time.monotonic()
     with pytest.raises(OverloadedError):
-        run(OCRPipeline(full, pages_in_flight=4), text_pdf(6), OCROptions(mode="tiny"))
+        run(OCRPipeline(full, pages_in_flight=4), text_pdf(6), OCROptions(mode=TINY))
     assert time.monotonic() - start < 2  # not after page 1's 5 s
     assert 1 in FullFromPage3.cancelled
 
@@ -163,15 +167,17 @@ class CountingStages(LocalStages):
     active = 0
     peak = 0
 
-    async def prepare(self, source: object, index: int, number: int, options: OCROptions):  # type: ignore[no-untyped-def]
+    async def prepare(self, source: object, task: PageTask) -> PreparedPage:
         type(self).active += 1
         type(self).peak = max(type(self).peak, type(self).active)
         await asyncio.sleep(0.01)
-        return await super().prepare(source, index, number, options)
+        return await super().prepare(source, task)
 
-    async def postprocess(self, page, generation, options):  # type: ignore[no-untyped-def]
+    async def postprocess(
+        self, page: PreparedPage, generation: PageGeneration, task: PageTask
+    ) -> PageResult:
         type(self).active -= 1
-        return await super().postprocess(page, generation, options)
+        return await super().postprocess(page, generation, task)
 
 
 def test_pages_in_flight_are_bounded() -> None:

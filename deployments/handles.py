@@ -1,0 +1,65 @@
+"""The pipeline's stages as calls to the other deployments (Ray Serve handles).
+
+Only headers and references pass through here: preprocess leaves a page's views and pixels
+in the object store, and the engine and postprocess read them from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.core.document import PageResult
+from serve_app.engine.recognize import PageGeneration
+from serve_app.errors import OverloadedError, as_ocr_error
+from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
+
+
+class HandleStages:
+    """Implements :class:`serve_app.pipeline.Stages` over deployment handles."""
+
+    def __init__(
+        self,
+        pre: DeploymentHandle,
+        engine: DeploymentHandle,
+        post: DeploymentHandle,
+        max_pages: int,
+    ) -> None:
+        self._pre, self._engine, self._post = pre, engine, post
+        self._max_pages = max_pages
+
+    async def inspect(self, source: object, options: OCROptions) -> DocumentInfo:
+        return await _overload_safe(self._pre.inspect.remote(source, options, self._max_pages))
+
+    async def prepare(self, source: object, task: PageTask) -> PreparedPage:
+        return await _overload_safe(self._pre.prepare.remote(source, task))
+
+    async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
+        return await _overload_safe(self._engine.recognize.remote(page, task))
+
+    async def postprocess(
+        self, page: PreparedPage, generation: PageGeneration, task: PageTask
+    ) -> PageResult:
+        return await _overload_safe(self._post.page.remote(page, generation.text, task))
+
+
+async def _overload_safe(response: Any) -> Any:
+    """Await a handle call. A full queue downstream becomes a 503 with Retry-After; a
+    service error raised downstream is re-raised as itself (not wrapped in Ray's task error);
+    if the caller is cancelled (deadline, client gone) the downstream request is cancelled
+    too, which aborts its engine work (Serve does not do that for an awaited response)."""
+    try:
+        return await response
+    except BackPressureError:
+        raise OverloadedError("the service is at capacity; retry shortly") from None
+    except asyncio.CancelledError:
+        response.cancel()
+        raise
+    except Exception as exc:
+        error = as_ocr_error(exc)
+        if error is exc or error.code == "internal_error":
+            raise
+        raise error from None

@@ -1,0 +1,90 @@
+"""The HTTP API: FastAPI routes of a few lines each over an :class:`OCRService`.
+
+Ray-free: the Serve ingress builds it per replica with handle-backed stages and Serve's
+readiness; tests build it with in-process stages and drive it through ``httpx.ASGITransport``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from serve_app.access_log import AccessLogMiddleware, log_unexpected, note
+from serve_app.admission import Admission, AdmissionMiddleware
+from serve_app.errors import InvalidInputError, OCRError, as_ocr_error
+from serve_app.http import error_response, ocr_request_body_schema
+from serve_app.service import OCRService
+
+WORK_ROUTES = frozenset({"/v1/ocr", "/v1/chat/completions"})
+
+
+def create_api(
+    service: OCRService,
+    admission: Admission,
+    ready: Callable[[], Awaitable[None]],
+    model_name: str,
+) -> FastAPI:
+    """The app. ``ready`` raises :class:`~serve_app.errors.NotReadyError` until the engines
+    have loaded."""
+    api = FastAPI(
+        title="DeepSeek-OCR",
+        summary="Images and PDFs to markdown, text and layout boxes.",
+        version="0.1.0",
+    )
+    api.add_middleware(AdmissionMiddleware, paths=WORK_ROUTES, admission=admission)
+    api.add_middleware(AccessLogMiddleware)  # outermost: it sees every answer, 429s included
+
+    @api.exception_handler(OCRError)
+    async def on_error(request: Request, exc: OCRError) -> JSONResponse:
+        note(request.scope["state"], outcome=exc.code)
+        return error_response(exc)
+
+    @api.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        error = as_ocr_error(exc)  # an error of another deployment arrives wrapped
+        if error is not exc and error.code == "internal_error":
+            log_unexpected(request.scope["state"], exc)
+        return await on_error(request, error)
+
+    @api.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await on_error(request, InvalidInputError(str(exc.errors())))
+
+    @api.get("/health")
+    async def health() -> dict[str, str]:
+        """The ingress process is alive."""
+        return {"status": "ok"}
+
+    @api.get("/ready")
+    async def is_ready() -> dict[str, bool]:
+        """200 once every engine replica the application was deployed with has loaded."""
+        await ready()
+        return {"ready": True}
+
+    @api.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        model = {"id": model_name, "object": "model", "owned_by": "deepseek-ai"}
+        return {"object": "list", "data": [model]}
+
+    @api.post("/v1/ocr", openapi_extra={"requestBody": ocr_request_body_schema()})
+    async def ocr(request: Request) -> Response:
+        """OCR an image or PDF: multipart upload, JSON with base64 / data URL, or a raw body.
+
+        Options (form fields, JSON fields or query parameters): task, mode, max_crops, text,
+        pages, dpi, include_regions, include_figures, include_annotated, format (json|zip),
+        stream (one JSON line per page), max_tokens, temperature.
+        """
+        return await service.ocr(request)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        """OpenAI-compatible: the last user turn's image (``image_url`` data URL) or PDF
+        (``file`` part) is OCR'd; its text is the prompt unless the extra field ``task`` is set.
+        Extra fields: ``mode``, ``task``, ``pages``. The answer is the page markdown."""
+        return await service.chat(request)
+
+    return api

@@ -1,0 +1,117 @@
+"""The typed messages that cross a deployment boundary.
+
+The ingress sends a :class:`PageTask` per page; preprocess answers with a
+:class:`PreparedPage`: a small :class:`PageHeader` plus the page's data (
+the engine's views and, when asked for, the page pixels. In the Serve graph that data stays
+in Ray's object store and only a reference travels through the ingress; in-process it is
+inline. A field every stage needs (a trace context, a deadline) is added to ``PageTask``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from serve_app.core.modes import Mode, get_mode
+from serve_app.core.prompts import Task, build_prompt
+from serve_app.core.tiling import PreparedImage
+
+
+@dataclass(frozen=True)
+class OCROptions:
+    """What one request asks of every page, resolved at the door (:mod:`serve_app.resolve`).
+
+    Attributes:
+        mode: The resolution mode (with its ``max_crops``).
+        prompt: The engine's prompt, starting with the ``<image>`` placeholder.
+        labels_are_text: Grounding labels hold recognised text, not layout classes.
+        pages: A page selection whose syntax is valid (its range is checked on opening).
+        return_tokens: Return each page's token ids and logprobs (tests, evaluation).
+    """
+
+    mode: Mode = field(default_factory=lambda: get_mode("gundam"))
+    prompt: str = field(default_factory=lambda: build_prompt(Task.DOCUMENT))
+    labels_are_text: bool = False
+    pages: str | None = None
+    dpi: int = 144
+    include_regions: bool = True
+    include_figures: bool = False
+    include_annotated: bool = False
+    max_tokens: int | None = None
+    temperature: float | None = None
+    return_tokens: bool = False
+
+    @property
+    def needs_page_image(self) -> bool:
+        return self.include_figures or self.include_annotated
+
+
+DocumentKind = Literal["pdf", "image"]
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """The input as the preprocess stage sees it."""
+
+    kind: DocumentKind
+    page_count: int
+    selected: list[int]  # 0-based indices, in output order
+
+
+@dataclass(frozen=True)
+class PageTask:
+    """One page of one request, as every stage receives it."""
+
+    request_id: str
+    index: int  # 0-based, in the document
+    kind: DocumentKind
+    options: OCROptions
+
+    @property
+    def number(self) -> int:
+        return self.index + 1
+
+    @property
+    def page_id(self) -> str:
+        """Unique among the engine's requests: the request id and the page number."""
+        return f"{self.request_id}-p{self.number}"
+
+
+@dataclass(frozen=True)
+class PageHeader:
+    """What the ingress learns of a prepared page (a few hundred bytes)."""
+
+    number: int
+    width: int  # of the oriented page; grounding boxes are relative to it
+    height: int
+    mode: str
+    grid: tuple[int, int]
+    num_image_tokens: int
+    seconds: float  # spent preparing it
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedPage:
+    """A prepared page: its header, and its bulk inline or as object-store references.
+
+    Attributes:
+        image: The engine's views: a :class:`PreparedImage`, or a reference to one.
+        pixels: The oriented RGB page (``HxWx3`` uint8) or a reference to it, when
+            postprocess needs it (figures, annotated pages); else ``None``.
+    """
+
+    header: PageHeader
+    image: object
+    pixels: object | None
+
+
+def page_header(number: int, image: PreparedImage, seconds: float) -> PageHeader:
+    return PageHeader(
+        number=number,
+        width=image.width,
+        height=image.height,
+        mode=image.mode.name.value,
+        grid=image.grid,
+        num_image_tokens=image.num_image_tokens,
+        seconds=seconds,
+    )

@@ -1,0 +1,119 @@
+"""The work behind ``/v1/ocr`` and ``/v1/chat/completions``, free of Ray.
+
+:class:`OCRService` reads the upload, resolves the options at the door, runs the pipeline over
+any :class:`~serve_app.pipeline.Stages` (deployment handles in Serve, in-process stages in
+tests) and shapes the answer: JSON, NDJSON, ZIP, chat completion or SSE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from serve_app.access_log import logged_pages, note, request_id_of
+from serve_app.chat import chat_fields, chat_response, read_chat_request, sse_events
+from serve_app.config import AppConfig
+from serve_app.errors import EngineTimeoutError, OCRError
+from serve_app.http import read_ocr_request
+from serve_app.messages import DocumentInfo, OCROptions
+from serve_app.pipeline import OCRPipeline, PageReport, Stages
+from serve_app.resolve import door_limits, resolve_options
+from serve_app.responses import document_json, ndjson_lines, zip_bundle
+
+
+@dataclass
+class Run:
+    """One request in flight: its id, document, page reports and deadline."""
+
+    request_id: str
+    model: str
+    info: DocumentInfo
+    options: OCROptions
+    pages: AsyncIterator[PageReport]
+    deadline: float
+    timeout_s: float
+    state: MutableMapping[str, Any]
+
+    async def reports(self) -> AsyncIterator[PageReport]:
+        """The page reports in order. Past the deadline :class:`EngineTimeoutError`; a full
+        service :class:`~serve_app.errors.OverloadedError` (the log line records which)."""
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                async for report in self.pages:
+                    yield report
+        except TimeoutError:
+            error = EngineTimeoutError(f"the request did not finish within {self.timeout_s:.0f} s")
+            note(self.state, outcome=error.code)
+            raise error from None
+        except OCRError as error:
+            note(self.state, outcome=error.code)
+            raise
+
+    async def collect(self) -> list[PageReport]:
+        return [report async for report in self.reports()]
+
+
+class OCRService:
+    """The OCR and chat routes' work over the given stages."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        stages: Stages,
+        store: Callable[[bytes], object] = lambda data: data,
+    ) -> None:
+        """``store`` keeps the upload where the stages read it (``ray.put`` in Serve)."""
+        self._config = config.ingress
+        self._limits = door_limits(config)
+        self._pipeline = OCRPipeline(stages, config.ingress.pages_in_flight)
+        self._store = store
+
+    async def ocr(self, request: Request) -> Response:
+        data, params = await read_ocr_request(request, self._config)
+        options = resolve_options(params.fields(), self._limits)
+        run = await self._start(request, "ocr", data, options)
+        if params.stream:
+            return StreamingResponse(ndjson_lines(run), media_type="application/x-ndjson")
+        reports = await run.collect()
+        if params.format == "zip":
+            # The layout PDF and ZIP take CPU seconds for long documents: off the event loop.
+            return await asyncio.to_thread(zip_bundle, run, reports)
+        return JSONResponse(document_json(run.request_id, run.model, run.info, reports, options))
+
+    async def chat(self, request: Request) -> Response:
+        chat, data, text = await read_chat_request(request, self._config)
+        options = resolve_options(chat_fields(chat, text), self._limits)
+        run = await self._start(request, "chatcmpl", data, options)
+        if chat.stream:
+            return StreamingResponse(sse_events(run), media_type="text/event-stream")
+        return JSONResponse(chat_response(run, await run.collect()))
+
+    async def _start(self, request: Request, prefix: str, data: bytes, options: OCROptions) -> Run:
+        """Open the document (and decode a single image) within the request's deadline."""
+        state = request.scope.setdefault("state", {})
+        request_id = f"{prefix}-{request_id_of(state)}"
+        note(state, request_id=request_id)
+        loop = asyncio.get_running_loop()
+        arrived = state.get("arrived", loop.time())  # set by admission, else now
+        deadline = arrived + self._config.request_timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                info, pages = await self._pipeline.run(self._store(data), options, request_id)
+        except TimeoutError:
+            timeout = self._config.request_timeout_s
+            raise EngineTimeoutError(f"the request did not finish within {timeout:.0f} s") from None
+        return Run(
+            request_id=request_id,
+            model=self._config.model_name,
+            info=info,
+            options=options,
+            pages=logged_pages(pages, state),
+            deadline=deadline,
+            timeout_s=self._config.request_timeout_s,
+            state=state,
+        )

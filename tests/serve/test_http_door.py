@@ -1,0 +1,126 @@
+"""Bad options are answered at the door: a 4xx JSON naming the field, before any page work."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import pytest
+
+from serve_app.testing.synthetic import text_pdf
+
+pytestmark = pytest.mark.serve
+
+PDF = text_pdf(3)
+PDF_URL = "data:application/pdf;base64," + base64.b64encode(PDF).decode()
+
+# Form fields of /v1/ocr on a 3-page PDF -> (status, code, param)
+BAD_OCR = [
+    ({"task": "locate"}, 400, "invalid_input", "text"),
+    ({"task": "document", "text": "total"}, 400, "invalid_input", "text"),
+    ({"task": "summarise"}, 400, "invalid_input", "task"),
+    ({"mode": "huge"}, 400, "invalid_input", "mode"),
+    ({"mode": "gundam", "max_crops": "12"}, 400, "invalid_input", "mode"),
+    ({"mode": "small", "max_crops": "4"}, 400, "invalid_input", "mode"),
+    ({"pages": "3-1"}, 400, "invalid_page_range", "pages"),
+    ({"pages": "1,x"}, 400, "invalid_page_range", "pages"),
+    ({"pages": "7"}, 400, "invalid_page_range", None),  # past the end: known once opened
+    ({"dpi": "1200"}, 400, "invalid_input", "dpi"),
+    ({"max_tokens": "9000"}, 400, "invalid_input", "max_tokens"),
+]
+
+# Chat requests with the same PDF as a file part -> (status, code, param)
+BAD_CHAT = [
+    ({"task": "locate"}, "", 400, "invalid_input", "text"),
+    ({"mode": "huge"}, "Free OCR.", 400, "invalid_input", "mode"),
+    ({}, "p" * 2001, 400, "invalid_input", "prompt"),
+    ({"max_tokens": 9000}, "Free OCR.", 400, "invalid_input", "max_tokens"),
+    ({"pages": "2-1"}, "Free OCR.", 400, "invalid_page_range", "pages"),
+]
+
+
+def counters() -> dict[str, int]:
+    from ray import serve
+
+    work: dict[str, int] = {}
+    for name in ("PreprocessDeployment", "EngineDeployment"):
+        handle = serve.get_deployment_handle(name, app_name="ocr-test")
+        work.update(handle.counters.remote().result())
+    return work
+
+
+def assert_error(r: httpx.Response, status: int, code: str, param: str | None) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == (code, param, "invalid_request_error")
+    assert r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(("fields", "status", "code", "param"), BAD_OCR)
+def test_ocr_options_are_checked_before_any_page(
+    fake_app: httpx.Client, fields: dict[str, str], status: int, code: str, param: str | None
+) -> None:
+    before = counters()
+    r = fake_app.post("/v1/ocr", files={"file": ("d.pdf", PDF, "application/pdf")}, data=fields)
+    assert_error(r, status, code, param)
+    after = counters()
+    assert after["pages_prepared"] == before["pages_prepared"]
+    assert after["pages_recognized"] == before["pages_recognized"]
+    # Only a range past the end needs the document opened (its page count), nothing rendered.
+    assert after["documents_opened"] - before["documents_opened"] == (fields == {"pages": "7"})
+
+
+@pytest.mark.parametrize(("extra", "text", "status", "code", "param"), BAD_CHAT)
+def test_chat_options_are_checked_before_any_page(
+    fake_app: httpx.Client,
+    extra: dict[str, Any],
+    text: str,
+    status: int,
+    code: str,
+    param: str | None,
+) -> None:
+    parts: list[dict[str, Any]] = [{"type": "file", "file": {"file_data": PDF_URL}}]
+    if text:
+        parts.append({"type": "text", "text": text})
+    before = counters()
+    r = fake_app.post("/v1/chat/completions",
+                      json={"model": "deepseek-ocr", "messages": [{"role": "user", "content": parts}],
+                            **extra})  # fmt: skip
+    assert_error(r, status, code, param)
+    assert counters() == before
+
+
+def test_a_good_request_is_counted_and_carries_its_id(fake_app: httpx.Client) -> None:
+    before = counters()
+    r = fake_app.post(
+        "/v1/ocr",
+        files={"file": ("d.pdf", PDF, "application/pdf")},
+        data={"pages": "1-2", "mode": "tiny"},
+        headers={"x-request-id": "client-42"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["x-request-id"] == "client-42" and r.json()["id"] == "ocr-client-42"
+    after = counters()
+    assert after["pages_prepared"] - before["pages_prepared"] == 2
+    assert after["pages_recognized"] - before["pages_recognized"] == 2
+    # Its one log line, in the ingress replica's Serve log.
+    line = wait_for_log_line("request_id=ocr-client-42 ")
+    assert "route=/v1/ocr status=200 outcome=ok pages=2 pages_failed=0" in line
+    assert "engine_s=" in line and "preprocess_s=" in line
+
+
+def wait_for_log_line(needle: str, timeout_s: float = 10.0) -> str:
+    import glob
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for path in glob.glob("/tmp/rt-ocr/session_latest/logs/serve/replica_*OCRIngress*.log"):
+            with open(path, errors="replace") as f:
+                for line in f:
+                    if needle in line:
+                        return line
+        time.sleep(0.2)
+    raise AssertionError(f"no log line with {needle!r}")
