@@ -1,6 +1,7 @@
 """What the Serve graph costs: requests/s and added latency versus calling the engine directly.
 
-Run: ``.venv/bin/python -m bench.serve --requests 60 --concurrency 8 --latency 0.2``.
+Run: ``.venv/bin/python -m bench.serve --requests 60 --concurrency 8 --latency 0.2``
+(``--page noise`` for a 6 MB incompressible upload instead of a text page).
 The engine is the fake one with a fixed per-page latency, so the difference between the rows
 is the price of HTTP, the ingress and three deployment hops (preprocess, engine, postprocess).
 All rows run in the same process and the same run, on the same image.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import platform
 import statistics
@@ -22,6 +24,7 @@ import httpx
 from serve_app.config import AppConfig
 from serve_app.core.images import decode_image, to_model_rgb
 from serve_app.core.modes import get_mode
+from serve_app.core.pdf import open_pdf
 from serve_app.core.prompts import Task, build_prompt
 from serve_app.core.tiling import prepare_image
 from serve_app.engine.fake import FakeEngine
@@ -30,7 +33,7 @@ from serve_app.engine.recognize import generate_once
 from serve_app.messages import OCROptions
 from serve_app.pipeline import OCRPipeline
 from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
-from serve_app.testing.synthetic import encode, noise_rgb
+from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
 
 
 async def measure(
@@ -51,18 +54,34 @@ async def measure(
     return requests / (time.perf_counter() - start), latencies
 
 
+def a4_png(kind: str) -> bytes:
+    """An A4-sized page at 144 dpi as PNG: rendered text, or incompressible noise."""
+    if kind == "noise":
+        return encode(noise_rgb(1190, 1684, seed=0))
+    with open_pdf(text_pdf(1)) as doc:
+        page = doc.render(0, dpi=144)
+    buf = io.BytesIO()
+    page.save(buf, format="PNG")  # compressed, as a scanner or renderer would write it
+    return buf.getvalue()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--latency", type=float, default=0.2, help="fake engine s per page")
+    parser.add_argument("--preprocess-replicas", type=int, default=1)
+    parser.add_argument(
+        "--page", choices=["text", "noise"], default="text",
+        help="an A4 text page at 144 dpi (a typical upload) or A4 noise (a 6 MB worst case)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     config = AppConfig.model_validate(
         {"engine": {"kind": "fake", "fake": {"first_token_latency_s": args.latency,
                                              "tokens_per_update": 1000}}}
     )  # fmt: skip
-    png = encode(noise_rgb(1190, 1684, seed=0))
+    png = a4_png(args.page)
     options = OCROptions(mode=get_mode("gundam"))
     rows: dict[str, tuple[float, list[float]]] = {}
 
@@ -96,7 +115,9 @@ def main() -> None:
 
     from serve_app.testing.serve import start_app
 
-    url = start_app(config, name="bench")
+    # As serve_config.yaml scales it: preprocess is the CPU-bound stage.
+    replicas = {"PreprocessDeployment": {"num_replicas": args.preprocess_replicas}}
+    url = start_app(config, name="bench", options=replicas)
 
     async def over_http() -> None:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -115,7 +136,9 @@ def main() -> None:
     base_rate, base_lat = rows["engine called directly"]
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cpus; {args.requests} requests of one "
-        f"A4-sized PNG, {args.concurrency} at a time; fake engine {args.latency:.2f} s per page"
+        f"A4 {args.page} PNG ({len(png) / 1e6:.2f} MB), {args.concurrency} at a time; "
+        f"fake engine {args.latency:.2f} s per page; "
+        f"{args.preprocess_replicas} preprocess replica(s)"
     )
     print(f"{'path':<28}{'req/s':>8}{'vs engine':>11}{'mean s':>9}{'p95 s':>8}{'added s':>9}")
     for name, (rate, lat) in rows.items():
