@@ -165,13 +165,16 @@ def chunk(
     return out
 
 
+def finish_reason(summary: dict[str, Any]) -> Literal["stop", "length"]:
+    """``length`` when a page was cut short or failed: the answer is not the whole document."""
+    return "length" if summary["pages_truncated"] or summary["pages_failed"] else "stop"
+
+
 def chat_response(run: Run, reports: Sequence[PageReport]) -> dict[str, Any]:
     """The ``chat.completion`` for a finished document: its markdown, pages joined."""
     summary = summary_json(run.request_id, run.model, run.info, reports)
-    truncated = summary["pages_truncated"] or summary["pages_failed"]
-    finish: Literal["stop", "length"] = "length" if truncated else "stop"
     content = document_markdown([r.outcome for r in reports])
-    return completion(run.request_id, run.model, content, finish, summary["usage"])
+    return completion(run.request_id, run.model, content, finish_reason(summary), summary["usage"])
 
 
 async def sse_events(run: Run) -> AsyncIterator[str]:
@@ -193,7 +196,6 @@ async def sse_events(run: Run) -> AsyncIterator[str]:
         yield event(error.to_body())
         return
     summary = summary_json(run.request_id, run.model, run.info, reports)
-    truncated = summary["pages_truncated"] or summary["pages_failed"]
-    finish = "length" if truncated else "stop"
+    finish = finish_reason(summary)
     yield event(chunk(run.request_id, run.model, {}, finish_reason=finish, usage=summary["usage"]))
     yield "data: [DONE]\n\n"

@@ -26,6 +26,10 @@ from serve_app.resolve import door_limits, resolve_options
 from serve_app.responses import document_json, ndjson_lines, zip_bundle
 
 
+def deadline_error(timeout_s: float) -> EngineTimeoutError:
+    return EngineTimeoutError(f"the request did not finish within {timeout_s:.0f} s")
+
+
 @dataclass
 class Run:
     """One request in flight: its id, document, page reports and deadline."""
@@ -47,7 +51,7 @@ class Run:
                 async for report in self.pages:
                     yield report
         except TimeoutError:
-            error = EngineTimeoutError(f"the request did not finish within {self.timeout_s:.0f} s")
+            error = deadline_error(self.timeout_s)
             note(self.state, outcome=error.code)
             raise error from None
         except OCRError as error:
@@ -105,8 +109,7 @@ class OCRService:
             async with asyncio.timeout_at(deadline):
                 info, pages = await self._pipeline.run(self._store(data), options, request_id)
         except TimeoutError:
-            timeout = self._config.request_timeout_s
-            raise EngineTimeoutError(f"the request did not finish within {timeout:.0f} s") from None
+            raise deadline_error(self._config.request_timeout_s) from None
         return Run(
             request_id=request_id,
             model=self._config.model_name,
