@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import psutil
 
 from serve_app.config import AppConfig
 from serve_app.core.images import decode_image, to_model_rgb
@@ -36,10 +37,17 @@ from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognize
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
 
 
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine spent working (every process: client, proxy, replicas)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
 async def measure(
     call: Callable[[int], Awaitable[None]], requests: int, concurrency: int
-) -> tuple[float, list[float]]:
-    """Requests per second and per-request latencies, ``concurrency`` requests at a time."""
+) -> tuple[float, list[float], float]:
+    """Requests per second, per-request latencies and the machine's CPU seconds per request,
+    ``concurrency`` requests at a time."""
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
 
@@ -49,9 +57,10 @@ async def measure(
             await call(i)
             latencies.append(time.perf_counter() - start)
 
-    start = time.perf_counter()
+    cpu, start = busy_cpu_seconds(), time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(requests)))
-    return requests / (time.perf_counter() - start), latencies
+    rate = requests / (time.perf_counter() - start)
+    return rate, latencies, (busy_cpu_seconds() - cpu) / requests
 
 
 def a4_png(kind: str) -> bytes:
@@ -83,7 +92,7 @@ def main() -> None:
     )  # fmt: skip
     png = a4_png(args.page)
     options = OCROptions(mode=get_mode("gundam"))
-    rows: dict[str, tuple[float, list[float]]] = {}
+    rows: dict[str, tuple[float, list[float], float]] = {}
 
     async def baselines() -> None:
         engine = FakeEngine(config.engine.fake, config.engine.sampling)
@@ -113,11 +122,12 @@ def main() -> None:
 
     from ray import serve
 
-    from serve_app.testing.serve import start_app
+    from serve_app.testing.serve import deployed_options, start_app
 
-    # As serve_config.yaml scales it: preprocess is the CPU-bound stage.
-    replicas = {"PreprocessDeployment": {"num_replicas": args.preprocess_replicas}}
-    url = start_app(config, name="bench", options=replicas)
+    # As serve_config.yaml deploys it (Serve's default of 5 requests per replica would queue
+    # this run's requests in the proxy), with fixed replica counts.
+    deployments = deployed_options({"PreprocessDeployment": args.preprocess_replicas})
+    url = start_app(config, name="bench", options=deployments)
 
     async def over_http() -> None:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -133,23 +143,32 @@ def main() -> None:
     sent, received, inline = ingress_bytes_per_page(png, options)
     serve.shutdown()
 
-    base_rate, base_lat = rows["engine called directly"]
+    base_rate, base_lat, _ = rows["engine called directly"]
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cpus; {args.requests} requests of one "
         f"A4 {args.page} PNG ({len(png) / 1e6:.2f} MB), {args.concurrency} at a time; "
         f"fake engine {args.latency:.2f} s per page; "
         f"{args.preprocess_replicas} preprocess replica(s)"
     )
-    print(f"{'path':<28}{'req/s':>8}{'vs engine':>11}{'mean s':>9}{'p95 s':>8}{'added s':>9}")
-    for name, (rate, lat) in rows.items():
+    print(
+        f"{'path':<28}{'req/s':>8}{'vs engine':>11}{'mean s':>9}{'p95 s':>8}{'added s':>9}"
+        f"{'cpu ms/req':>12}"
+    )
+    for name, (rate, lat, cpu) in rows.items():
         mean = statistics.mean(lat)
         p95 = sorted(lat)[int(0.95 * (len(lat) - 1))]
         added = mean - statistics.mean(base_lat)
         print(
             f"{name:<28}{rate:>8.2f}{rate / base_rate:>10.2f}x{mean:>9.3f}{p95:>8.3f}{added:>9.3f}"
+            f"{1000 * cpu:>12.0f}"
         )
     graph = rows["Serve graph over HTTP"][0] / rows["pipeline in one process"][0]
     print(f"Serve graph over HTTP / pipeline in one process: {graph:.2f}x requests per second")
+    cost = rows["Serve graph over HTTP"][2] / rows["pipeline in one process"][2]
+    print(
+        f"  and {cost:.2f}x the machine's CPU time per request (the pipeline runs its stages on "
+        "one event loop; the graph's preprocess replica works on several pages at once)"
+    )
     print(
         f"bytes the ingress serializes per A4 page: {sent:,} sent + {received:,} received "
         f"= {sent + received:,} (the page's views and pixels inline would be {inline:,})"

@@ -5,15 +5,35 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from serve_app.config import AppConfig
+from serve_app.deploy_config import SERVE_CONFIG, load_yaml
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def deployed_options(
+    replicas: Mapping[str, int] | None = None, path: Path = SERVE_CONFIG
+) -> dict[str, dict[str, Any]]:
+    """``Deployment.options(...)`` by deployment name as ``serve_config.yaml`` deploys them
+    (concurrency limits, queues, CPUs), with fixed replica counts instead of autoscaling so
+    a benchmark is repeatable: ``replicas`` by name, else each autoscaler's minimum.
+    """
+    (application,) = load_yaml(path)["applications"]
+    options: dict[str, dict[str, Any]] = {}
+    for deployment in application["deployments"]:
+        chosen = {k: v for k, v in deployment.items() if k not in ("name", "autoscaling_config")}
+        name = deployment["name"]
+        autoscaling = deployment.get("autoscaling_config") or {}
+        chosen["num_replicas"] = (replicas or {}).get(name, autoscaling.get("min_replicas", 1))
+        options[name] = chosen
+    return options
 
 
 def start_app(

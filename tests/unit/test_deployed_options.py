@@ -1,0 +1,22 @@
+"""The benchmarks start the graph as serve_config.yaml deploys it."""
+
+from __future__ import annotations
+
+from serve_app.deploy_config import SERVE_CONFIG, load_yaml
+from serve_app.testing.serve import deployed_options
+
+
+def test_options_follow_serve_config_with_fixed_replicas() -> None:
+    (application,) = load_yaml(SERVE_CONFIG)["applications"]
+    declared = {d["name"]: d for d in application["deployments"]}
+
+    options = deployed_options({"PreprocessDeployment": 3})
+
+    assert set(options) == set(declared)
+    for name, chosen in options.items():
+        assert "autoscaling_config" not in chosen and "name" not in chosen
+        assert chosen["max_ongoing_requests"] == declared[name]["max_ongoing_requests"]
+        assert chosen["ray_actor_options"] == declared[name]["ray_actor_options"]
+    assert options["PreprocessDeployment"]["num_replicas"] == 3
+    minimum = declared["OCRIngress"]["autoscaling_config"]["min_replicas"]
+    assert options["OCRIngress"]["num_replicas"] == minimum
