@@ -18,6 +18,13 @@ from deployments.postprocess import PostprocessDeployment
 from deployments.preprocess import PreprocessDeployment
 from serve_app.config import AppConfig
 
+DEPLOYMENT_NAMES = (
+    "OCRIngress",
+    "PreprocessDeployment",
+    "EngineDeployment",
+    "PostprocessDeployment",
+)
+
 
 def build_app(args: AppConfig | dict[str, Any]) -> Application:
     """Wire ingress -> preprocess -> engine -> postprocess from one typed config.

@@ -8,6 +8,7 @@ from typing import cast
 import ray
 from ray import serve
 
+from deployments.telemetry import setup_replica
 from serve_app.config import EngineConfig
 from serve_app.core.tiling import PreparedImage
 from serve_app.engine import make_engine
@@ -19,6 +20,7 @@ from serve_app.stages import Recognizer
 @serve.deployment
 class EngineDeployment:
     async def __init__(self, config: EngineConfig) -> None:
+        setup_replica("engine")
         engine = make_engine(config, serve.get_replica_context().rank.rank)
         await asyncio.wait_for(engine.start(), timeout=config.start_timeout_s)
         self._recognizer = Recognizer(engine, config)

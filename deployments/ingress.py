@@ -12,11 +12,13 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
 from deployments.handles import HandleStages
+from deployments.telemetry import RayRecorder, setup_replica
 from serve_app.admission import Admission
 from serve_app.api import create_api
 from serve_app.config import AppConfig
 from serve_app.errors import NotReadyError
 from serve_app.service import OCRService
+from serve_app.telemetry.metrics import ServiceMetrics
 
 
 @serve.deployment
@@ -29,14 +31,16 @@ class OCRIngress:
         engine: DeploymentHandle,
         postprocess: DeploymentHandle,
     ) -> None:
+        setup_replica("ingress")
         ingress = config.ingress
         stages = HandleStages(preprocess, engine, postprocess, ingress.max_pages)
         # The upload goes to the object store once; preprocess reads it for every page.
-        self._service = OCRService(config, stages, store=ray.put)
+        self._app_name = serve.get_replica_context().app_name
+        metrics = ServiceMetrics(RayRecorder(self._app_name))
+        self._service = OCRService(config, stages, store=ray.put, metrics=metrics)
         self._admission = Admission(ingress.max_working_requests, ingress.max_waiting_requests)
         self._model_name = ingress.model_name
         self._engine = engine
-        self._app_name = serve.get_replica_context().app_name
         # serve.status() blocks on the controller: one thread, so stuck probes cannot pile up.
         self._status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-status")
         self._was_running = False

@@ -8,6 +8,7 @@ import numpy as np
 import ray
 from ray import serve
 
+from deployments.telemetry import setup_replica
 from serve_app.config import PostprocessConfig
 from serve_app.core.document import PageResult
 from serve_app.messages import PageTask, PreparedPage
@@ -17,8 +18,9 @@ from serve_app.stages import Postprocessor
 @serve.deployment
 class PostprocessDeployment:
     def __init__(self, config: PostprocessConfig) -> None:
+        setup_replica("postprocess")
         self._post = Postprocessor(config)
 
     def page(self, page: PreparedPage, text: str, task: PageTask) -> PageResult:
         pixels = ray.get(page.pixels) if isinstance(page.pixels, ray.ObjectRef) else page.pixels
-        return self._post.page(page.header, cast("np.ndarray | None", pixels), text, task.options)
+        return self._post.page(page.header, cast("np.ndarray | None", pixels), text, task)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ray
 from ray import serve
 
+from deployments.telemetry import setup_replica
 from serve_app.config import PreprocessConfig
 from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
 from serve_app.stages import Preprocessor
@@ -13,6 +14,7 @@ from serve_app.stages import Preprocessor
 @serve.deployment
 class PreprocessDeployment:
     def __init__(self, config: PreprocessConfig) -> None:
+        setup_replica("preprocess")
         self._pre = Preprocessor(config)
 
     def inspect(self, source: object, options: OCROptions, max_pages: int) -> DocumentInfo:

@@ -1,4 +1,5 @@
-"""One log line per request, written when its response has been sent (streams included).
+"""One log line, one root span and the answer's metrics per request, when its response has
+been sent (streams included).
 
 An ASGI middleware takes the request's id from its ``X-Request-ID`` header (the client's, or
 the one Ray Serve's proxy adds and returns), or makes one and returns it in that header, and
@@ -6,6 +7,9 @@ logs at the end: id, method, route,
 status, outcome, pages, per-stage seconds and total seconds. Route handlers add what they know
 with :func:`note` (pages, stage timings, the outcome). Unexpected exceptions are logged with
 their traceback by :func:`log_unexpected`. No Ray imports: Serve's logger is looked up by name.
+
+The request's root span (a W3C ``traceparent`` from the client is its parent) is current while
+the route runs, so every page's stage spans join it.
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
+from opentelemetry.trace import Span, SpanKind
+
 from serve_app.core.document import PageFailure
 from serve_app.pipeline import PageReport
+from serve_app.telemetry import tracing
+from serve_app.telemetry.metrics import ServiceMetrics
 
 logger = logging.getLogger("ray.serve")
 
@@ -30,6 +38,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _NOT_ID = re.compile(r"[^A-Za-z0-9._:-]")
 STAGES = ("preprocess_s", "engine_s", "postprocess_s")
+TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 def request_record(scope_state: MutableMapping[str, Any]) -> dict[str, Any]:
@@ -77,14 +86,17 @@ def format_line(record: dict[str, Any]) -> str:
     parts = [f"{k}={record[k]}" for k in keys if record.get(k) is not None]
     parts += [f"{stage}={record[stage]:.3f}" for stage in STAGES if stage in record]
     parts.append(f"seconds={record.get('seconds', 0.0):.3f}")
+    if record.get("trace_id"):
+        parts.append(f"trace_id={record['trace_id']}")
     return " ".join(parts)
 
 
 class AccessLogMiddleware:
     """Pure ASGI middleware (so streamed bodies are timed to their last byte)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics or ServiceMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,20 +115,44 @@ class AccessLogMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record["status"] = message["status"]
+                added = []
                 if given is None:  # whoever sent or added the header also returns it
-                    message["headers"] = [
-                        *message.get("headers", []),
-                        (b"x-request-id", request_id.encode()),
-                    ]
+                    added.append((b"x-request-id", request_id.encode()))
+                if traceresponse := tracing.current_traceresponse():
+                    added.append((b"traceresponse", traceresponse.encode()))
+                message["headers"] = [*message.get("headers", []), *added]
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            record["seconds"] = time.perf_counter() - start
-            record.setdefault("status", 500)
-            record.setdefault("outcome", _outcome(int(record["status"])))
-            logger.info("%s", format_line(record))
+        parent = {k: headers[k.encode()].decode("latin-1") for k in TRACE_HEADERS
+                  if k.encode() in headers}  # fmt: skip
+        name = f"{scope.get('method')} {scope.get('path')}"
+        with tracing.span(name, parent, kind=SpanKind.SERVER) as span:
+            record["trace_id"] = tracing.current_trace_id()
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                record["seconds"] = time.perf_counter() - start
+                record.setdefault("status", 500)
+                record.setdefault("outcome", _outcome(int(record["status"])))
+                logger.info("%s", format_line(record))
+                self._finish(span, record)
+
+    def _finish(self, span: Span, record: dict[str, Any]) -> None:
+        status = int(record["status"])
+        self.metrics.response(str(record["route"]), status, str(record["outcome"]),
+                              record["seconds"])  # fmt: skip
+        tracing.set_attributes(span, {
+            "http.request.method": record.get("method"),
+            "url.path": record.get("route"),
+            "http.response.status_code": status,
+            "ocr.request_id": record.get("request_id"),
+            "ocr.document_kind": record.get("kind"),
+            "ocr.pages": record.get("pages"),
+            "ocr.pages_failed": record.get("pages_failed"),
+            "ocr.outcome": record.get("outcome"),
+        })  # fmt: skip
+        if status >= 400:
+            tracing.mark_error(span, str(record["outcome"]), f"HTTP {status}")
 
 
 def _outcome(status: int) -> str:
@@ -126,9 +162,13 @@ def _outcome(status: int) -> str:
 
 
 async def logged_pages(
-    pages: AsyncIterator[PageReport], scope_state: MutableMapping[str, Any]
+    pages: AsyncIterator[PageReport],
+    scope_state: MutableMapping[str, Any],
+    metrics: ServiceMetrics,
+    mode: str,
 ) -> AsyncIterator[PageReport]:
-    """Pass page reports through, counting pages, failures and stage seconds for the log."""
+    """Pass page reports through, counting pages, failures and stage seconds for the log, and
+    each page in the metrics."""
     record = request_record(scope_state)
     record.setdefault("pages", 0)
     record.setdefault("pages_failed", 0)
@@ -137,5 +177,6 @@ async def logged_pages(
         if isinstance(report.outcome, PageFailure):
             record["pages_failed"] += 1
         add_stage_seconds(scope_state, report.timings)
+        metrics.page(report, mode)
         yield report
     record["outcome"] = "partial" if record["pages_failed"] else "ok"

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serve_app.access_log import note
 from serve_app.errors import RateLimitedError
 from serve_app.http import error_response
 
@@ -72,6 +73,7 @@ class AdmissionMiddleware:
             try:
                 await stack.enter_async_context(admission.slot())
             except RateLimitedError as error:
+                note(scope["state"], outcome=error.code)
                 await error_response(error)(scope, receive, send)
                 return
             await self.app(scope, receive, send)

@@ -36,7 +36,8 @@ def create_api(
         version="0.1.0",
     )
     api.add_middleware(AdmissionMiddleware, paths=WORK_ROUTES, admission=admission)
-    api.add_middleware(AccessLogMiddleware)  # outermost: it sees every answer, 429s included
+    # Outermost: it sees every answer, 429s included.
+    api.add_middleware(AccessLogMiddleware, metrics=service.metrics)
 
     @api.exception_handler(OCRError)
     async def on_error(request: Request, exc: OCRError) -> JSONResponse:

@@ -125,6 +125,11 @@ class EngineConfig(_Config):
         None, description="Skip CUDA graphs / compilation; default True on CPU, False on GPU."
     )
     seed: int = 0
+    vllm_metrics: bool = Field(
+        True,
+        description="Export vLLM's own engine metrics (ray_vllm_*) on Ray's metrics endpoint "
+        "from each engine replica.",
+    )
     start_timeout_s: float = Field(900.0, gt=0)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)

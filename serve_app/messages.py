@@ -66,6 +66,8 @@ class PageTask:
     index: int  # 0-based, in the document
     kind: DocumentKind
     options: OCROptions
+    # The request's trace context as W3C headers (empty when tracing is off).
+    trace: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def number(self) -> int:

@@ -19,6 +19,8 @@ from serve_app.core.document import PageFailure, PageResult
 from serve_app.engine.recognize import PageGeneration
 from serve_app.errors import OverloadedError, as_ocr_error
 from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
+from serve_app.telemetry import tracing
+from serve_app.telemetry.metrics import ServiceMetrics
 
 logger = logging.getLogger("ray.serve")
 
@@ -52,9 +54,12 @@ class Stages(Protocol):
 class OCRPipeline:
     """Runs requests through the stages with at most ``pages_in_flight`` pages at a time."""
 
-    def __init__(self, stages: Stages, pages_in_flight: int) -> None:
+    def __init__(
+        self, stages: Stages, pages_in_flight: int, metrics: ServiceMetrics | None = None
+    ) -> None:
         self._stages = stages
         self._window = pages_in_flight
+        self._metrics = metrics or ServiceMetrics()
 
     async def run(
         self, source: object, options: OCROptions, request_id: str
@@ -67,10 +72,12 @@ class OCRPipeline:
         A single image is also decoded and tiled here: the inspection only read its header,
         and a body that does not decode is the whole request's error (4xx), not a page's."""
         info = await self._stages.inspect(source, options)
+        trace = tracing.current_carrier()
         first = None
         if info.kind == "image":
-            first = await self._stages.prepare(source, PageTask(request_id, 0, "image", options))
-        return info, self._pages(source, info, options, request_id, first)
+            task = PageTask(request_id, 0, "image", options, trace)
+            first = await self._stages.prepare(source, task)
+        return info, self._pages(source, info, options, request_id, trace, first)
 
     async def _pages(
         self,
@@ -78,6 +85,7 @@ class OCRPipeline:
         info: DocumentInfo,
         options: OCROptions,
         request_id: str,
+        trace: dict[str, str],
         first: PreparedPage | None,
     ) -> AsyncIterator[PageReport]:
         todo = iter(info.selected)
@@ -87,7 +95,7 @@ class OCRPipeline:
 
         def schedule() -> None:
             for index in todo:
-                task = PageTask(request_id, index, info.kind, options)
+                task = PageTask(request_id, index, info.kind, options, trace)
                 prepared = first if index == 0 else None
                 window.append(asyncio.ensure_future(self._page(source, task, shed, prepared)))
                 if len(window) >= self._window:
@@ -115,6 +123,7 @@ class OCRPipeline:
         prepared: PreparedPage | None = None,
     ) -> PageReport:
         timings: dict[str, float] = {}
+        self._metrics.pages_in_flight(+1)
         try:
             page = prepared or await self._stages.prepare(source, task)
             timings["preprocess_s"] = page.header.seconds
@@ -132,6 +141,8 @@ class OCRPipeline:
                 shed.set_result(error)  # a full queue is the service's state, not this page's
             failure = PageFailure(task.number, error.code, error.message)
             return PageReport(task.number, failure, timings=timings)
+        finally:
+            self._metrics.pages_in_flight(-1)
         return PageReport(
             task.number,
             result,

@@ -24,6 +24,7 @@ from serve_app.messages import DocumentInfo, OCROptions
 from serve_app.pipeline import OCRPipeline, PageReport, Stages
 from serve_app.resolve import door_limits, resolve_options
 from serve_app.responses import document_json, ndjson_lines, zip_bundle
+from serve_app.telemetry.metrics import ServiceMetrics
 
 
 def deadline_error(timeout_s: float) -> EngineTimeoutError:
@@ -70,11 +71,13 @@ class OCRService:
         config: AppConfig,
         stages: Stages,
         store: Callable[[bytes], object] = lambda data: data,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         """``store`` keeps the upload where the stages read it (``ray.put`` in Serve)."""
         self._config = config.ingress
         self._limits = door_limits(config)
-        self._pipeline = OCRPipeline(stages, config.ingress.pages_in_flight)
+        self.metrics = metrics or ServiceMetrics()
+        self._pipeline = OCRPipeline(stages, config.ingress.pages_in_flight, self.metrics)
         self._store = store
 
     async def ocr(self, request: Request) -> Response:
@@ -110,12 +113,13 @@ class OCRService:
                 info, pages = await self._pipeline.run(self._store(data), options, request_id)
         except TimeoutError:
             raise deadline_error(self._config.request_timeout_s) from None
+        note(state, kind=info.kind)
         return Run(
             request_id=request_id,
             model=self._config.model_name,
             info=info,
             options=options,
-            pages=logged_pages(pages, state),
+            pages=logged_pages(pages, state, self.metrics, options.mode.name.value),
             deadline=deadline,
             timeout_s=self._config.request_timeout_s,
             state=state,

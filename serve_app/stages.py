@@ -28,6 +28,7 @@ from serve_app.messages import (
     PreparedPage,
     page_header,
 )
+from serve_app.telemetry import tracing
 
 
 class Preprocessor:
@@ -62,15 +63,29 @@ class Preprocessor:
         start = time.perf_counter()
         self.pages_prepared += 1
         options = task.options
-        if task.kind == "pdf":
-            with open_pdf(source) as doc:
-                image = doc.render(task.index, options.dpi, max_pixels=self._config.max_page_pixels)
-        else:
-            image = decode_image(source, max_pixels=self._config.max_image_pixels)
-        rgb = to_model_rgb(image)
-        prepared = prepare_image(rgb, options.mode)
-        pixels = np.asarray(rgb) if options.needs_page_image else None
-        header = page_header(task.number, prepared, time.perf_counter() - start)
+        attributes = {"ocr.page": task.number, "ocr.document_kind": task.kind}
+        with tracing.span("preprocess", task.trace, attributes) as span:
+            if task.kind == "pdf":
+                with open_pdf(source) as doc:
+                    image = doc.render(
+                        task.index, options.dpi, max_pixels=self._config.max_page_pixels
+                    )
+            else:
+                image = decode_image(source, max_pixels=self._config.max_image_pixels)
+            decoded = time.perf_counter()
+            rgb = to_model_rgb(image)
+            prepared = prepare_image(rgb, options.mode)
+            pixels = np.asarray(rgb) if options.needs_page_image else None
+            header = page_header(task.number, prepared, time.perf_counter() - start)
+            tracing.set_attributes(span, {
+                "ocr.render_s" if task.kind == "pdf" else "ocr.decode_s": decoded - start,
+                "ocr.tile_s": time.perf_counter() - decoded,
+                "ocr.mode": header.mode,
+                "ocr.grid": f"{header.grid[0]}x{header.grid[1]}",
+                "ocr.image_tokens": header.num_image_tokens,
+                "ocr.width": header.width,
+                "ocr.height": header.height,
+            })  # fmt: skip
         return header, prepared, pixels
 
 
@@ -86,15 +101,26 @@ class Recognizer:
         """One page to completion; its token ids and logprobs only if the request asked."""
         self.pages_recognized += 1
         options = task.options
-        request = GenerateRequest(
-            request_id=task.page_id,
-            prompt=options.prompt,
-            image=image,
-            max_tokens=options.max_tokens,
-            temperature=options.temperature,
-            logprobs=options.return_tokens,
-        )
-        generation = await recognize(self.engine, request, self._config.retry)
+        attributes = {"ocr.page": task.number, "ocr.image_tokens": image.num_image_tokens}
+        with tracing.span("engine", task.trace, attributes) as span:
+            request = GenerateRequest(
+                request_id=task.page_id,
+                prompt=options.prompt,
+                image=image,
+                max_tokens=options.max_tokens,
+                temperature=options.temperature,
+                logprobs=options.return_tokens,
+                trace_headers=tracing.current_carrier(),
+            )
+            generation = await recognize(self.engine, request, self._config.retry)
+            tracing.set_attributes(span, {
+                "ocr.prompt_tokens": generation.prompt_tokens,
+                "ocr.completion_tokens": generation.completion_tokens,
+                "ocr.finish_reason": generation.finish_reason,
+                "ocr.truncated": generation.truncated,
+                "ocr.attempts": generation.attempts,
+                "ocr.queued_s": generation.queued_s,
+            })  # fmt: skip
         if options.return_tokens:
             return generation
         return dataclasses.replace(generation, token_ids=(), logprobs=None)
@@ -107,18 +133,26 @@ class Postprocessor:
         self._config = config
 
     def page(
-        self, header: PageHeader, pixels: np.ndarray | None, text: str, options: OCROptions
+        self, header: PageHeader, pixels: np.ndarray | None, text: str, task: PageTask
     ) -> PageResult:
-        image = Image.fromarray(pixels) if pixels is not None else None
-        return postprocess_page(
-            text,
-            page_number=header.number,
-            size=(header.width, header.height),
-            image=image,
-            labels_are_text=options.labels_are_text,
-            with_figures=options.include_figures and image is not None,
-            with_annotated=options.include_annotated and image is not None,
-        )
+        options = task.options
+        with tracing.span("postprocess", task.trace, {"ocr.page": task.number}) as span:
+            image = Image.fromarray(pixels) if pixels is not None else None
+            result = postprocess_page(
+                text,
+                page_number=header.number,
+                size=(header.width, header.height),
+                image=image,
+                labels_are_text=options.labels_are_text,
+                with_figures=options.include_figures and image is not None,
+                with_annotated=options.include_annotated and image is not None,
+            )
+            tracing.set_attributes(span, {
+                "ocr.regions": len(result.grounded.regions),
+                "ocr.figures": len(result.figures),
+                "ocr.parse_problems": len(result.grounded.problems),
+            })  # fmt: skip
+        return result
 
 
 class LocalStages:
@@ -150,4 +184,4 @@ class LocalStages:
         self, page: PreparedPage, generation: PageGeneration, task: PageTask
     ) -> PageResult:
         assert page.pixels is None or isinstance(page.pixels, np.ndarray)
-        return self._post.page(page.header, page.pixels, generation.text, task.options)
+        return self._post.page(page.header, page.pixels, generation.text, task)

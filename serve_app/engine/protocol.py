@@ -28,6 +28,7 @@ class GenerateRequest:
             engine also clamps it to what the context window leaves after the prompt.
         temperature: ``None`` takes the configured default (greedy).
         logprobs: Return the log-probability of each generated token.
+        trace_headers: W3C trace context of the caller's span, for engines that trace.
     """
 
     request_id: str
@@ -36,6 +37,7 @@ class GenerateRequest:
     max_tokens: int | None = None
     temperature: float | None = None
     logprobs: bool = False
+    trace_headers: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class GenerateUpdate:
     """A streamed piece of output. The last update of a request has ``finish_reason`` set.
 
     ``text``, ``token_ids`` and ``logprobs`` hold what is new since the previous update;
-    the token counts are running totals.
+    the token counts are running totals. ``queued_s``, on the last update and when the engine
+    knows it, is how long the request waited for its first step.
     """
 
     text: str
@@ -52,6 +55,7 @@ class GenerateUpdate:
     finish_reason: FinishReason | None
     prompt_tokens: int
     completion_tokens: int
+    queued_s: float | None = None
 
 
 class OCREngine(Protocol):

@@ -22,6 +22,7 @@ class PageGeneration:
         completion_tokens: Generated tokens of the returned attempt.
         token_ids: The generated token ids.
         logprobs: Their log-probabilities, if requested.
+        queued_s: Seconds the returned attempt waited for an engine step, if known.
     """
 
     text: str
@@ -32,6 +33,7 @@ class PageGeneration:
     completion_tokens: int
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...] | None
+    queued_s: float | None = None
 
 
 async def generate_once(engine: OCREngine, request: GenerateRequest) -> PageGeneration:
@@ -41,12 +43,14 @@ async def generate_once(engine: OCREngine, request: GenerateRequest) -> PageGene
     logprobs: list[float] = []
     finish: FinishReason | None = None
     prompt_tokens = completion_tokens = 0
+    queued_s = None
     async for update in engine.generate(request):
         text.append(update.text)
         token_ids.extend(update.token_ids)
         logprobs.extend(update.logprobs or ())
         finish = update.finish_reason or finish
         prompt_tokens, completion_tokens = update.prompt_tokens, update.completion_tokens
+        queued_s = update.queued_s if update.queued_s is not None else queued_s
     return PageGeneration(
         text="".join(text),
         finish_reason=finish or "abort",
@@ -56,6 +60,7 @@ async def generate_once(engine: OCREngine, request: GenerateRequest) -> PageGene
         completion_tokens=completion_tokens,
         token_ids=tuple(token_ids),
         logprobs=tuple(logprobs) if request.logprobs else None,
+        queued_s=queued_s,
     )
 
 

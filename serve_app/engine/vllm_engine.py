@@ -20,6 +20,7 @@ from serve_app.engine.plugin import ARCHITECTURES
 from serve_app.engine.protocol import FinishReason, GenerateRequest, GenerateUpdate
 from serve_app.engine.source import resolve_model
 from serve_app.errors import GenerationError, InvalidInputError, NotReadyError
+from serve_app.telemetry import tracing
 
 NGRAM_PROCESSOR = "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"
 STEP_TIMEOUT_ENV = "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"
@@ -50,7 +51,8 @@ def engine_args(config: EngineConfig, model_path: str, dtype: DType) -> Any:
         dtype=dtype,
         seed=config.seed,
         logits_processors=[NGRAM_PROCESSOR] if config.sampling.ngram_size else None,
-        disable_log_stats=True,
+        disable_log_stats=True,  # vLLM's periodic stats lines; its metrics are stat_loggers
+        otlp_traces_endpoint=tracing.otlp_traces_endpoint(),
     )
 
 
@@ -61,6 +63,8 @@ def prepare_engine(config: EngineConfig) -> tuple[Any, DTypeChoice]:
     dtype = choose_dtype(config.dtype, probe_hardware("cpu" if config.profile == "cpu" else "cuda"))
     # Read by vLLM's engine-core process, which inherits this environment when it starts.
     os.environ[STEP_TIMEOUT_ENV] = str(round(config.resolved_step_timeout_s))
+    if tracing.otlp_traces_endpoint():  # vLLM's exporter would default to gRPC
+        os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", tracing.otlp_protocol())
     if config.profile == "cpu":
         reserved = reserved_cpu_cores(config.cpu_reserved_cores, len(os.sched_getaffinity(0)))
         if reserved is not None:
@@ -69,13 +73,14 @@ def prepare_engine(config: EngineConfig) -> tuple[Any, DTypeChoice]:
     logger.info(
         "Starting vLLM engine: model=%s (%s) family=%s profile=%s dtype=%s (%s) "
         "max_model_len=%d max_num_seqs=%d max_num_batched_tokens=%s step_timeout_s=%s "
-        "kv_cache=%s gpu_memory_utilization=%.2f enforce_eager=%s cpu_reserved_cores=%s",
+        "kv_cache=%s gpu_memory_utilization=%.2f enforce_eager=%s cpu_reserved_cores=%s "
+        "otlp_traces_endpoint=%s",
         config.model, model_path, config.family.value, config.profile, dtype.dtype,
         dtype.reason, config.max_model_len, args.max_num_seqs,
         args.max_num_batched_tokens or "vLLM default", os.environ[STEP_TIMEOUT_ENV],
         f"{args.kv_cache_memory_bytes / 2**30:g} GiB" if args.kv_cache_memory_bytes else "auto",
         args.gpu_memory_utilization, args.enforce_eager,
-        os.environ.get(RESERVED_CORES_ENV, "vLLM default"),
+        os.environ.get(RESERVED_CORES_ENV, "vLLM default"), args.otlp_traces_endpoint or "-",
     )  # fmt: skip
     return args, dtype
 
@@ -94,10 +99,21 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args, self.dtype = prepare_engine(self._config)
-        self._llm = AsyncLLM.from_engine_args(args)
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=self._stat_loggers())
         tokenizer = self._llm.get_tokenizer()
         vocab = tokenizer.get_vocab()
         self._whitelist = [vocab[t] for t in self._config.sampling.ngram_whitelist if t in vocab]
+
+    def _stat_loggers(self) -> list[Any] | None:
+        """vLLM's Prometheus metrics through Ray's metrics API, in a Ray worker (plain
+        ``prometheus_client`` metrics would never reach Ray's endpoint)."""
+        import ray
+
+        if not (self._config.vllm_metrics and ray.is_initialized()):
+            return None
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+        return [RayPrometheusStatLogger]
 
     def is_ready(self) -> bool:
         return self._llm is not None and not self._llm.errored
@@ -165,7 +181,12 @@ class VLLMEngine:
             "prompt": request.prompt,
             "multi_modal_data": {"image": pretiled_item(request.image)},
         }
-        stream = self._llm.generate(prompt, params, request_id=request.request_id)
+        stream = self._llm.generate(
+            prompt,
+            params,
+            request_id=request.request_id,
+            trace_headers=request.trace_headers or None,
+        )
         completion_tokens = 0
         try:
             async for output in stream:
@@ -190,8 +211,16 @@ class VLLMEngine:
                     finish_reason=finish,
                     prompt_tokens=len(output.prompt_token_ids or ()),
                     completion_tokens=completion_tokens,
+                    queued_s=_queued_seconds(output) if output.finished else None,
                 )
         except ValueError as exc:
             raise InvalidInputError(f"the engine rejected the request: {exc}") from None
         except (RuntimeError, OSError) as exc:
             raise GenerationError(f"generation failed: {type(exc).__name__}: {exc}") from None
+
+
+def _queued_seconds(output: Any) -> float | None:
+    """How long vLLM held the request before its first step (known when stats are on)."""
+    stats = getattr(output, "metrics", None)
+    queued, scheduled = getattr(stats, "queued_ts", 0.0), getattr(stats, "scheduled_ts", 0.0)
+    return float(scheduled - queued) if queued and scheduled else None

@@ -58,7 +58,8 @@ def start_app(
     if not ray.is_initialized():
         # Logical CPUs are bookkeeping only; replicas ask for fractions of them.
         ray.init(num_cpus=8, include_dashboard=False, object_store_memory=512 * 2**20,
-                 _temp_dir="/tmp/rt-ocr", log_to_driver=False)  # fmt: skip
+                 _temp_dir="/tmp/rt-ocr", log_to_driver=False,
+                 _metrics_export_port=free_port())  # fmt: skip
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_graph(config, options)
@@ -71,3 +72,30 @@ def start_app(
         target = RunTarget(target=app, name=name, route_prefix="/")
         _run_many([target], wait_for_applications_running=False)
     return f"http://127.0.0.1:{port}"
+
+
+def with_env(
+    env: Mapping[str, str], options: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``options`` with ``env`` in every deployment's environment (a runtime_env, so replicas
+    of a running Ray cluster get it)."""
+    from deployments.app import DEPLOYMENT_NAMES
+
+    merged: dict[str, dict[str, Any]] = {}
+    for name in DEPLOYMENT_NAMES:
+        chosen = dict((options or {}).get(name, {}))
+        actor = dict(chosen.get("ray_actor_options") or {})
+        runtime_env = dict(actor.get("runtime_env") or {})
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
+        merged[name] = {**chosen, "ray_actor_options": {**actor, "runtime_env": runtime_env}}
+    return merged
+
+
+def metrics_url() -> str:
+    """Ray's Prometheus endpoint on this node (the cluster :func:`start_app` joined)."""
+    import ray
+
+    node = ray._private.worker._global_node
+    if node is None:
+        raise RuntimeError("Ray is not initialized in this process")
+    return f"http://127.0.0.1:{node.metrics_export_port}/metrics"

@@ -154,7 +154,7 @@ def test_prepare_engine_applies_and_logs_the_settings(
     assert "dtype=float32 (auto: CPU (AVX2) has no native bfloat16)" in line
     assert "max_num_batched_tokens=1519 step_timeout_s=1800 kv_cache=1 GiB" in line
     assert os.environ[vllm_engine.RESERVED_CORES_ENV] == "0"
-    assert line.endswith("cpu_reserved_cores=0")
+    assert line.endswith("cpu_reserved_cores=0 otlp_traces_endpoint=-")
 
     args, dtype = vllm_engine.prepare_engine(
         EngineConfig(model="tiny", dtype="bfloat16", step_timeout_s=600)

@@ -1,0 +1,67 @@
+"""Each replica's telemetry: its tracer provider, trace ids on its log lines, Ray metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray.util import metrics as ray_metrics
+
+from serve_app.telemetry import tracing
+from serve_app.telemetry.metrics import Metric, Tags
+
+logger = logging.getLogger("ray.serve")
+
+
+class RayRecorder:
+    """Implements :class:`serve_app.telemetry.metrics.Recorder` with Ray's metrics API: the
+    values appear on Ray's Prometheus endpoint of the node, as ``ray_<name>``, tagged with
+    the Serve ``application`` (as Serve's own metrics are)."""
+
+    def __init__(self, application: str) -> None:
+        self._application = application
+        self._instruments: dict[str, Any] = {}
+
+    def record(self, metric: Metric, value: float, tags: Tags) -> None:
+        instrument = self._instruments.get(metric.name) or self._create(metric)
+        if metric.kind == "counter":
+            instrument.inc(value, tags=dict(tags))
+        elif metric.kind == "histogram":
+            instrument.observe(value, tags=dict(tags))
+        else:
+            instrument.set(value, tags=dict(tags))
+
+    def _create(self, metric: Metric) -> Any:
+        instrument: Any
+        tags = (*metric.tags, "application")
+        if metric.kind == "counter":
+            instrument = ray_metrics.Counter(metric.name, metric.description, tags)
+        elif metric.kind == "histogram":
+            boundaries = list(metric.boundaries)
+            instrument = ray_metrics.Histogram(metric.name, metric.description, boundaries, tags)
+        else:
+            instrument = ray_metrics.Gauge(metric.name, metric.description, tags)
+        instrument.set_default_tags({"application": self._application})
+        self._instruments[metric.name] = instrument
+        return instrument
+
+
+class TraceIdFilter(logging.Filter):
+    """Adds ``trace_id=...`` to lines logged inside a recorded span (also as the record's
+    ``trace_id`` attribute, for JSON logs). Serve's own format already carries the request id."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        trace_id = tracing.current_trace_id()
+        if trace_id and not hasattr(record, "trace_id"):
+            record.trace_id = trace_id
+            if isinstance(record.msg, str) and "trace_id=" not in record.getMessage():
+                record.msg = f"{record.msg} trace_id={trace_id}"
+        return True
+
+
+def setup_replica(component: str) -> None:
+    """Tracing from the ``OTEL_*`` environment, and trace ids on this replica's log lines."""
+    if tracing.configure_tracing(component):
+        serve_logger = logging.getLogger("ray.serve")
+        if not any(isinstance(f, TraceIdFilter) for f in serve_logger.filters):
+            serve_logger.addFilter(TraceIdFilter())

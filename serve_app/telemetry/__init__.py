@@ -1,0 +1,1 @@
+"""Traces, metrics and log context: what an operator sees of the service."""
