@@ -1,7 +1,8 @@
 """What the Serve graph costs: requests/s and added latency versus calling the engine directly.
 
 Run: ``.venv/bin/python -m bench.serve --requests 60 --concurrency 8 --latency 0.2``
-(``--page noise`` for a 6 MB incompressible upload instead of a text page).
+(``--page noise`` for a 6 MB incompressible upload instead of a text page). The graph runs
+twice: with tracing off (the default) and with every span exported over OTLP.
 The engine is the fake one with a fixed per-page latency, so the difference between the rows
 is the price of HTTP, the ingress and three deployment hops (preprocess, engine, postprocess).
 All rows run in the same process and the same run, on the same image.
@@ -63,6 +64,10 @@ async def measure(
     return rate, latencies, (busy_cpu_seconds() - cpu) / requests
 
 
+GRAPH = "Serve graph over HTTP"
+TRACED = "  ... traces exported"
+
+
 def a4_png(kind: str) -> bytes:
     """An A4-sized page at 144 dpi as PNG: rendered text, or incompressible noise."""
     if kind == "noise":
@@ -122,14 +127,14 @@ def main() -> None:
 
     from ray import serve
 
-    from serve_app.testing.serve import deployed_options, start_app
+    from serve_app.testing.otlp import Collector
+    from serve_app.testing.serve import deployed_options, start_app, with_env
 
     # As serve_config.yaml deploys it (Serve's default of 5 requests per replica would queue
     # this run's requests in the proxy), with fixed replica counts.
     deployments = deployed_options({"PreprocessDeployment": args.preprocess_replicas})
-    url = start_app(config, name="bench", options=deployments)
 
-    async def over_http() -> None:
+    async def over_http(url: str, row: str) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
 
             async def post(i: int) -> None:
@@ -137,11 +142,18 @@ def main() -> None:
                 r.raise_for_status()
 
             await post(-1)  # warm-up
-            rows["Serve graph over HTTP"] = await measure(post, args.requests, args.concurrency)
+            rows[row] = await measure(post, args.requests, args.concurrency)
 
-    asyncio.run(over_http())
+    asyncio.run(over_http(start_app(config, name="bench", options=deployments), GRAPH))
     sent, received, inline = ingress_bytes_per_page(png, options)
     serve.shutdown()
+    # The same graph with every span exported over OTLP/HTTP to a collector in this process.
+    with Collector(keep=False) as collector:
+        env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint}
+        url = start_app(config, name="bench", options=with_env(env, deployments))
+        asyncio.run(over_http(url, TRACED))
+        serve.shutdown()
+        exported = collector.bytes_received
 
     base_rate, base_lat, _ = rows["engine called directly"]
     print(
@@ -162,12 +174,17 @@ def main() -> None:
             f"{name:<28}{rate:>8.2f}{rate / base_rate:>10.2f}x{mean:>9.3f}{p95:>8.3f}{added:>9.3f}"
             f"{1000 * cpu:>12.0f}"
         )
-    graph = rows["Serve graph over HTTP"][0] / rows["pipeline in one process"][0]
+    graph = rows[GRAPH][0] / rows["pipeline in one process"][0]
     print(f"Serve graph over HTTP / pipeline in one process: {graph:.2f}x requests per second")
-    cost = rows["Serve graph over HTTP"][2] / rows["pipeline in one process"][2]
+    cost = rows[GRAPH][2] / rows["pipeline in one process"][2]
     print(
         f"  and {cost:.2f}x the machine's CPU time per request (the pipeline runs its stages on "
         "one event loop; the graph's preprocess replica works on several pages at once)"
+    )
+    traced = rows[TRACED][0] / rows[GRAPH][0]
+    print(
+        f"traces exported / traces off: {traced:.2f}x requests per second "
+        f"({exported / (args.requests + 1) / 1e3:.1f} KB of OTLP per request)"
     )
     print(
         f"bytes the ingress serializes per A4 page: {sent:,} sent + {received:,} received "

@@ -39,17 +39,23 @@ def _attributes(items: list[KeyValue]) -> dict[str, Any]:
 class Collector:
     """``with Collector() as c:`` serves ``c.endpoint`` (``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
+        """``keep=False`` only counts the bytes received (benchmarks: a real collector's
+        decoding would not run on the service's machine)."""
         self.spans: list[CollectedSpan] = []
+        self.bytes_received = 0
+        self._keep = keep
         self._lock = threading.Lock()
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                collector._add(ExportTraceServiceRequest.FromString(body))
+                collector.bytes_received += len(body)
+                if collector._keep:
+                    if self.headers.get("Content-Encoding") == "gzip":
+                        body = gzip.decompress(body)
+                    collector._add(ExportTraceServiceRequest.FromString(body))
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
