@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import cast
 
 import ray
@@ -13,6 +14,7 @@ from serve_app.config import EngineConfig
 from serve_app.core.tiling import PreparedImage
 from serve_app.engine import make_engine
 from serve_app.engine.recognize import PageGeneration
+from serve_app.errors import EngineCrashedError
 from serve_app.messages import PageTask, PreparedPage
 from serve_app.stages import Recognizer
 
@@ -24,10 +26,21 @@ class EngineDeployment:
         engine = make_engine(config, serve.get_replica_context().rank.rank)
         await asyncio.wait_for(engine.start(), timeout=config.start_timeout_s)
         self._recognizer = Recognizer(engine, config)
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
 
     async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
         image = await page.image if isinstance(page.image, ray.ObjectRef) else page.image
-        return await self._recognizer.recognize(cast(PreparedImage, image), task)
+        try:
+            return await self._recognizer.recognize(cast(PreparedImage, image), task)
+        except EngineCrashedError as crash:
+            # Name this replica: the ingress counts the distinct replicas a page crashed.
+            crash.replica = crash.replica or self._replica_id
+            raise
+
+    def check_health(self) -> None:
+        """A replica whose engine died fails here, and Serve replaces it."""
+        if not self._recognizer.engine.is_ready():
+            raise RuntimeError("the engine is not ready (its process may have died)")
 
     def ready(self) -> bool:
         return self._recognizer.engine.is_ready()
@@ -37,9 +50,5 @@ class EngineDeployment:
         return self._recognizer.engine.num_unfinished()
 
     def counters(self) -> dict[str, int]:
-        """Work done by this replica since it started."""
-        return {"pages_recognized": self._recognizer.pages_recognized}
-
-    def check_health(self) -> None:
-        if not self._recognizer.engine.is_ready():
-            raise RuntimeError("engine is not ready")
+        """Work done by this replica since it started, and its process id."""
+        return {"pages_recognized": self._recognizer.pages_recognized, "pid": os.getpid()}

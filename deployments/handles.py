@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.core.document import PageResult
 from serve_app.engine.recognize import PageGeneration
-from serve_app.errors import OverloadedError, as_ocr_error
+from serve_app.errors import EngineCrashedError, OverloadedError, as_ocr_error
 from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
 
 
@@ -38,7 +39,12 @@ class HandleStages:
         return await _overload_safe(self._pre.prepare.remote(source, task))
 
     async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
-        return await _overload_safe(self._engine.recognize.remote(page, task))
+        try:
+            return await _overload_safe(self._engine.recognize.remote(page, task))
+        except RayActorError as died:  # the replica's process died with the page in flight
+            replica = died.actor_id if isinstance(died.actor_id, str) else None
+            message = f"the engine replica died with the page in flight ({type(died).__name__})"
+            raise EngineCrashedError(message, replica=replica) from None
 
     async def postprocess(
         self, page: PreparedPage, generation: PageGeneration, task: PageTask

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
@@ -15,10 +16,13 @@ from deployments.handles import HandleStages
 from deployments.telemetry import RayRecorder, setup_replica
 from serve_app.admission import Admission
 from serve_app.api import create_api
+from serve_app.auth import ApiKeys, load_hashes
 from serve_app.config import AppConfig
 from serve_app.errors import NotReadyError
 from serve_app.service import OCRService
 from serve_app.telemetry.metrics import ServiceMetrics
+
+logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment
@@ -39,6 +43,8 @@ class OCRIngress:
         metrics = ServiceMetrics(RayRecorder(self._app_name))
         self._service = OCRService(config, stages, store=ray.put, metrics=metrics)
         self._admission = Admission(ingress.max_working_requests, ingress.max_waiting_requests)
+        self._keys = ApiKeys(load_hashes(ingress.api_keys_file, ingress.api_keys_env))
+        logger.info("API keys: %s", "required" if self._keys.enabled else "none (routes open)")
         self._model_name = ingress.model_name
         self._engine = engine
         # serve.status() blocks on the controller: one thread, so stuck probes cannot pile up.
@@ -46,7 +52,7 @@ class OCRIngress:
         self._was_running = False
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self._service, self._admission, self._ready, self._model_name)
+        return create_api(self._service, self._admission, self._ready, self._model_name, self._keys)
 
     async def _ready(self) -> None:
         """Every engine replica the application was deployed with has loaded.

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from serve_app.access_log import AccessLogMiddleware, log_unexpected, note
 from serve_app.admission import Admission, AdmissionMiddleware
+from serve_app.auth import ApiKeys, AuthMiddleware
 from serve_app.errors import InvalidInputError, OCRError, as_ocr_error
 from serve_app.http import error_response, ocr_request_body_schema
 from serve_app.service import OCRService
@@ -27,15 +28,17 @@ def create_api(
     admission: Admission,
     ready: Callable[[], Awaitable[None]],
     model_name: str,
+    keys: ApiKeys | None = None,
 ) -> FastAPI:
     """The app. ``ready`` raises :class:`~serve_app.errors.NotReadyError` until the engines
-    have loaded."""
+    have loaded; with ``keys`` every route but /health and /ready needs one of them."""
     api = FastAPI(
         title="DeepSeek-OCR",
         summary="Images and PDFs to markdown, text and layout boxes.",
         version="0.1.0",
     )
     api.add_middleware(AdmissionMiddleware, paths=WORK_ROUTES, admission=admission)
+    api.add_middleware(AuthMiddleware, keys=keys or ApiKeys(()))  # before any work is admitted
     # Outermost: it sees every answer, 429s included.
     api.add_middleware(AccessLogMiddleware, metrics=service.metrics)
 

@@ -61,6 +61,17 @@ class FakeEngineConfig(_Config):
     token_latency_s: float = Field(0.0, ge=0, description="Per generated token.")
     tokens_per_update: int = Field(8, ge=1, description="Tokens per streamed update.")
     fail_every: int | None = Field(None, ge=1, description="Every n-th request fails.")
+    crash_on_width: int | None = Field(
+        None, ge=1, description="A page this many pixels wide crashes the engine (a poison page)."
+    )
+    crash_delay_s: float = Field(
+        0.0, ge=0, description="Seconds the crashing page runs (after the first-token latency)."
+    )
+    crash_mode: Literal["raise", "exit"] = Field(
+        "raise",
+        description="'exit' ends the replica's process (as a dead engine would); 'raise' "
+        "raises EngineCrashedError (in-process tests).",
+    )
     truncate_every: int | None = Field(
         None, ge=1, description="Every n-th request stops early with finish_reason 'length'."
     )
@@ -215,6 +226,27 @@ class IngressConfig(_Config):
         description="Requests waiting for a turn per replica; beyond them the answer is 429.",
     )  # fmt: skip
     model_name: str = Field("deepseek-ocr", description="Model id shown by /v1/models.")
+    crash_retries: int = Field(
+        3,
+        ge=0,
+        description="Sends of a page again after the engine working on it died (on another "
+        "replica, Serve routes around the dead one).",
+    )
+    quarantine_after_crashes: int = Field(
+        2, ge=1, description="A page in flight on this many engine replicas that died is "
+        "quarantined: reported with code page_quarantined and not sent again."
+    )  # fmt: skip
+    quarantine_ttl_s: float = Field(
+        3600.0, gt=0, description="How long the same upload's quarantined page stays refused."
+    )
+    api_keys_file: str | None = Field(
+        None, description="A file of API key hashes ('sha256:<hex>' per line); see serve_app.auth."
+    )
+    api_keys_env: str = Field(
+        "OCR_API_KEY_HASHES",
+        description="An environment variable of comma-separated API key hashes. With no hashes "
+        "in either place every route is open.",
+    )
 
 
 class AppConfig(_Config):

@@ -126,6 +126,32 @@ class GenerationError(ServerError):
     code = "generation_failed"
 
 
+class EngineCrashedError(ServerError):
+    """The engine working on the page died: its replica's process, or vLLM's engine core.
+
+    ``replica`` names the engine replica that died, when known: a page is quarantined only
+    after it was in flight on two different replicas that died.
+    """
+
+    status_code = 503
+    code = "engine_crashed"
+    retry_after_s = 10
+
+    def __init__(self, message: str, param: str | None = None, replica: str | None = None):
+        super().__init__(message, param)
+        self.replica = replica
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.message, self.param, self.replica)
+
+
+class PageQuarantinedError(ClientError):
+    """The page crashed engines twice; it is not sent to an engine again for a while."""
+
+    status_code = 422
+    code = "page_quarantined"
+
+
 class OverloadedError(ServerError):
     """No engine capacity right now; retry after ``retry_after_s`` seconds."""
 
@@ -163,3 +189,18 @@ def as_ocr_error(exc: BaseException) -> OCRError:
     if isinstance(exc, OCRError):
         return exc
     return ServerError(f"internal error ({type(exc).__name__})")
+
+
+def error_class(code: str) -> type[OCRError]:
+    """The error class with this ``code`` (:class:`ServerError` for an unknown code).
+
+    >>> error_class("timeout").status_code
+    504
+    """
+    pending: list[type[OCRError]] = [OCRError]
+    while pending:
+        kind = pending.pop()
+        if kind.code == code and kind is not OCRError:
+            return kind
+        pending.extend(kind.__subclasses__())
+    return ServerError

@@ -155,7 +155,9 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def error_response(error: OCRError) -> JSONResponse:
-    """The OpenAI-style JSON error with its status and, when retryable, ``Retry-After``."""
+def error_response(error: OCRError, details: dict[str, Any] | None = None) -> JSONResponse:
+    """The OpenAI-style JSON error with its status and, when retryable, ``Retry-After``;
+    ``details`` (the per-page answers) go beside ``error``."""
     headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
-    return JSONResponse(error.to_body(), status_code=error.status_code, headers=headers)
+    body = {**(details or {}), **error.to_body()}
+    return JSONResponse(body, status_code=error.status_code, headers=headers)

@@ -17,8 +17,14 @@ from typing import Any, Protocol
 
 from serve_app.core.document import PageFailure, PageResult
 from serve_app.engine.recognize import PageGeneration
-from serve_app.errors import OverloadedError, as_ocr_error
+from serve_app.errors import (
+    EngineCrashedError,
+    OverloadedError,
+    PageQuarantinedError,
+    as_ocr_error,
+)
 from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
+from serve_app.quarantine import Quarantine
 from serve_app.telemetry import tracing
 from serve_app.telemetry.metrics import ServiceMetrics
 
@@ -35,6 +41,19 @@ class PageReport:
     mode: str | None = None
     grid: tuple[int, int] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    engine_crashes: int = 0  # engine replicas that died with this page in flight
+
+
+@dataclass
+class FaultPolicy:
+    """What happens to a page whose engine died: sent again up to ``retries`` times (after
+    ``backoff_s``, longer each time); once it was in flight on ``quarantine_after`` distinct
+    replicas that died it is quarantined (not sent again while ``quarantine`` holds it)."""
+
+    retries: int = 3
+    quarantine_after: int = 2
+    backoff_s: float = 0.5
+    quarantine: Quarantine = field(default_factory=lambda: Quarantine(ttl_s=3600.0))
 
 
 class Stages(Protocol):
@@ -55,14 +74,19 @@ class OCRPipeline:
     """Runs requests through the stages with at most ``pages_in_flight`` pages at a time."""
 
     def __init__(
-        self, stages: Stages, pages_in_flight: int, metrics: ServiceMetrics | None = None
+        self,
+        stages: Stages,
+        pages_in_flight: int,
+        metrics: ServiceMetrics | None = None,
+        faults: FaultPolicy | None = None,
     ) -> None:
         self._stages = stages
         self._window = pages_in_flight
         self._metrics = metrics or ServiceMetrics()
+        self._faults = faults or FaultPolicy()
 
     async def run(
-        self, source: object, options: OCROptions, request_id: str
+        self, source: object, options: OCROptions, request_id: str, upload_id: str = ""
     ) -> tuple[DocumentInfo, AsyncIterator[PageReport]]:
         """Inspect the input (client errors raise here, before any page work), then return
         an iterator over the page reports in page order. A failed page is reported in place,
@@ -77,7 +101,8 @@ class OCRPipeline:
         if info.kind == "image":
             task = PageTask(request_id, 0, "image", options, trace)
             first = await self._stages.prepare(source, task)
-        return info, self._pages(source, info, options, request_id, trace, first)
+        pages = self._pages(source, info, options, request_id, trace, first, upload_id)
+        return info, pages
 
     async def _pages(
         self,
@@ -87,6 +112,7 @@ class OCRPipeline:
         request_id: str,
         trace: dict[str, str],
         first: PreparedPage | None,
+        upload_id: str,
     ) -> AsyncIterator[PageReport]:
         todo = iter(info.selected)
         window: deque[asyncio.Task[PageReport]] = deque()
@@ -97,7 +123,8 @@ class OCRPipeline:
             for index in todo:
                 task = PageTask(request_id, index, info.kind, options, trace)
                 prepared = first if index == 0 else None
-                window.append(asyncio.ensure_future(self._page(source, task, shed, prepared)))
+                page = self._page(source, task, shed, prepared, upload_id)
+                window.append(asyncio.ensure_future(page))
                 if len(window) >= self._window:
                     return
 
@@ -121,14 +148,21 @@ class OCRPipeline:
         task: PageTask,
         shed: asyncio.Future[OverloadedError],
         prepared: PreparedPage | None = None,
+        upload_id: str = "",
     ) -> PageReport:
         timings: dict[str, float] = {}
+        died: list[str] = []
+        key = Quarantine.key(upload_id, task.index) if upload_id else None
         self._metrics.pages_in_flight(+1)
         try:
+            if key is not None and key in self._faults.quarantine:
+                raise PageQuarantinedError(
+                    f"page {task.number} crashed engines before; it is not sent to one again yet"
+                )
             page = prepared or await self._stages.prepare(source, task)
             timings["preprocess_s"] = page.header.seconds
             start = time.perf_counter()
-            generation = await self._stages.recognize(page, task)
+            generation = await self._recognize(page, task, key, died)
             timings["engine_s"] = time.perf_counter() - start
             start = time.perf_counter()
             result = await self._stages.postprocess(page, generation, task)
@@ -140,7 +174,7 @@ class OCRPipeline:
             if isinstance(error, OverloadedError) and not shed.done():
                 shed.set_result(error)  # a full queue is the service's state, not this page's
             failure = PageFailure(task.number, error.code, error.message)
-            return PageReport(task.number, failure, timings=timings)
+            return PageReport(task.number, failure, timings=timings, engine_crashes=len(died))
         finally:
             self._metrics.pages_in_flight(-1)
         return PageReport(
@@ -150,4 +184,32 @@ class OCRPipeline:
             mode=page.header.mode,
             grid=page.header.grid,
             timings=timings,
+            engine_crashes=len(died),
         )
+
+    async def _recognize(
+        self, page: PreparedPage, task: PageTask, key: str | None, died: list[str]
+    ) -> PageGeneration:
+        """The engine stage, sent again when the engine working on the page died (``died``
+        collects the replicas); quarantined once enough distinct replicas died with it."""
+        policy = self._faults
+        while True:
+            try:
+                return await self._stages.recognize(page, task)
+            except EngineCrashedError as crash:
+                died.append(crash.replica or f"unnamed-{len(died)}")
+                if len(set(died)) >= policy.quarantine_after:
+                    if key is not None:
+                        policy.quarantine.add(key)
+                    replicas = ", ".join(died)
+                    logger.error("page %s quarantined: the engine replicas %s died with it",
+                                 task.page_id, replicas)  # fmt: skip
+                    raise PageQuarantinedError(
+                        f"page {task.number} was being read by {len(set(died))} engine "
+                        "replicas that died; it is not sent to an engine again"
+                    ) from None
+                if len(died) > policy.retries:
+                    raise
+                logger.warning("page %s: engine replica %s died; sending it again (%d of %d)",
+                               task.page_id, died[-1], len(died), policy.retries)  # fmt: skip
+                await asyncio.sleep(policy.backoff_s * len(died))

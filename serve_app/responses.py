@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi.responses import Response
 
 from serve_app.core.document import PageFailure, PageResult, bundle_zip, document_markdown
-from serve_app.errors import OCRError
+from serve_app.errors import OCRError, ServerError, error_class
 from serve_app.messages import DocumentInfo, OCROptions
 from serve_app.pipeline import PageReport
 
@@ -22,6 +22,8 @@ def page_json(report: PageReport, options: OCROptions) -> dict[str, Any]:
     """One page: its result (markdown, raw text, regions, figures, usage) or its error."""
     out: dict[str, Any] = {"object": "ocr.page", "index": report.number - 1,
                            "page": report.number, "timings": report.timings}  # fmt: skip
+    if report.engine_crashes:
+        out["engine_crashes"] = report.engine_crashes
     if isinstance(report.outcome, PageFailure):
         out["error"] = {"code": report.outcome.code, "message": report.outcome.message}
         return out
@@ -87,6 +89,19 @@ def summary_json(
             "completion_tokens": sum(r.generation.completion_tokens for r in ok if r.generation),
         },
     }
+
+
+def document_failure(reports: Sequence[PageReport]) -> OCRError | None:
+    """The error of a document none of whose pages succeeded: the pages' error if they share
+    one (a 5xx for server-side reasons, a 4xx such as a quarantined page), else a 500;
+    ``None`` when a page succeeded."""
+    failures = [r.outcome for r in reports if isinstance(r.outcome, PageFailure)]
+    if not reports or len(failures) < len(reports):
+        return None
+    kinds = {error_class(f.code) for f in failures}
+    kind = kinds.pop() if len(kinds) == 1 else ServerError
+    plural = "s" if len(failures) > 1 else ""
+    return kind(f"no page succeeded ({len(failures)} page{plural}): {failures[0].message}")
 
 
 def document_json(

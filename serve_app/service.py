@@ -19,11 +19,12 @@ from serve_app.access_log import logged_pages, note, request_id_of
 from serve_app.chat import chat_fields, chat_response, read_chat_request, sse_events
 from serve_app.config import AppConfig
 from serve_app.errors import EngineTimeoutError, OCRError
-from serve_app.http import read_ocr_request
+from serve_app.http import error_response, read_ocr_request
 from serve_app.messages import DocumentInfo, OCROptions
-from serve_app.pipeline import OCRPipeline, PageReport, Stages
+from serve_app.pipeline import FaultPolicy, OCRPipeline, PageReport, Stages
+from serve_app.quarantine import Quarantine, fingerprint
 from serve_app.resolve import door_limits, resolve_options
-from serve_app.responses import document_json, ndjson_lines, zip_bundle
+from serve_app.responses import document_failure, document_json, ndjson_lines, zip_bundle
 from serve_app.telemetry.metrics import ServiceMetrics
 
 
@@ -77,7 +78,13 @@ class OCRService:
         self._config = config.ingress
         self._limits = door_limits(config)
         self.metrics = metrics or ServiceMetrics()
-        self._pipeline = OCRPipeline(stages, config.ingress.pages_in_flight, self.metrics)
+        ingress = config.ingress
+        faults = FaultPolicy(
+            retries=ingress.crash_retries,
+            quarantine_after=ingress.quarantine_after_crashes,
+            quarantine=Quarantine(ingress.quarantine_ttl_s),
+        )
+        self._pipeline = OCRPipeline(stages, ingress.pages_in_flight, self.metrics, faults)
         self._store = store
 
     async def ocr(self, request: Request) -> Response:
@@ -87,6 +94,10 @@ class OCRService:
         if params.stream:
             return StreamingResponse(ndjson_lines(run), media_type="application/x-ndjson")
         reports = await run.collect()
+        if failed := document_failure(reports):
+            note(run.state, outcome=failed.code)
+            body = document_json(run.request_id, run.model, run.info, reports, options)
+            return error_response(failed, details=body)
         if params.format == "zip":
             # The layout PDF and ZIP take CPU seconds for long documents: off the event loop.
             return await asyncio.to_thread(zip_bundle, run, reports)
@@ -98,7 +109,11 @@ class OCRService:
         run = await self._start(request, "chatcmpl", data, options)
         if chat.stream:
             return StreamingResponse(sse_events(run), media_type="text/event-stream")
-        return JSONResponse(chat_response(run, await run.collect()))
+        reports = await run.collect()
+        if failed := document_failure(reports):
+            note(run.state, outcome=failed.code)
+            return error_response(failed)
+        return JSONResponse(chat_response(run, reports))
 
     async def _start(self, request: Request, prefix: str, data: bytes, options: OCROptions) -> Run:
         """Open the document (and decode a single image) within the request's deadline."""
@@ -108,9 +123,13 @@ class OCRService:
         loop = asyncio.get_running_loop()
         arrived = state.get("arrived", loop.time())  # set by admission, else now
         deadline = arrived + self._config.request_timeout_s
+        upload_id = await asyncio.to_thread(fingerprint, data) if len(data) > 2**20 else (
+            fingerprint(data)
+        )  # fmt: skip
         try:
             async with asyncio.timeout_at(deadline):
-                info, pages = await self._pipeline.run(self._store(data), options, request_id)
+                source = self._store(data)
+                info, pages = await self._pipeline.run(source, options, request_id, upload_id)
         except TimeoutError:
             raise deadline_error(self._config.request_timeout_s) from None
         note(state, kind=info.kind)

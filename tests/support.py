@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import httpx
+
 T = TypeVar("T")
 
 
@@ -56,3 +58,42 @@ class EngineSlot:
         self._key, self._value, self._stop = None, None, None
         if stop is not None:
             stop(value)
+
+
+class LoopTransport(httpx.BaseTransport):
+    """An ``httpx`` transport over an ASGI app whose coroutines run on ``runner``'s loop, so a
+    sync client drives the app without Ray or a server."""
+
+    def __init__(self, app: Any, runner: LoopThread) -> None:
+        self._inner = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        self._runner = runner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        async def go() -> httpx.Response:
+            response = await self._inner.handle_async_request(request)
+            body = await response.aread()
+            return httpx.Response(response.status_code, headers=response.headers, content=body)
+
+        return self._runner.run(go())
+
+
+def local_api(runner: LoopThread, config: Any, **api_options: Any) -> Any:
+    """The HTTP API over in-process stages and a started fake engine (no Ray)."""
+    from serve_app.admission import Admission
+    from serve_app.api import create_api
+    from serve_app.engine.fake import FakeEngine
+    from serve_app.service import OCRService
+    from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
+
+    engine = FakeEngine(config.engine.fake, config.engine.sampling)
+    runner.run(engine.start())
+    stages = LocalStages(Preprocessor(config.preprocess), Recognizer(engine, config.engine),
+                         Postprocessor(config.postprocess), max_pages=50)  # fmt: skip
+
+    async def always_ready() -> None:
+        pass
+
+    api_options.setdefault("ready", always_ready)
+    admission = Admission(4, 4)
+    return create_api(OCRService(config, stages), admission, model_name="deepseek-ocr",
+                      **api_options)  # fmt: skip

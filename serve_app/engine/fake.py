@@ -7,12 +7,18 @@ and the prompt, so pipelines downstream see realistic markup. Same request, same
 from __future__ import annotations
 
 import asyncio
+import os
 import zlib
 from collections.abc import AsyncIterator
 
 from serve_app.config import FakeEngineConfig, SamplingConfig
 from serve_app.engine.protocol import FinishReason, GenerateRequest, GenerateUpdate
-from serve_app.errors import GenerationError, InvalidInputError, NotReadyError
+from serve_app.errors import (
+    EngineCrashedError,
+    GenerationError,
+    InvalidInputError,
+    NotReadyError,
+)
 
 VOCAB_SIZE = 272
 _TOKEN_RE_SPLIT = 4  # characters per fake token
@@ -47,7 +53,10 @@ class FakeEngine:
 
     Faults are injected by request number (1-based, counted from start): every
     ``fail_every``-th request raises :class:`GenerationError`, every ``truncate_every``-th
-    one stops at a quarter of its output with ``finish_reason="length"``.
+    one stops at a quarter of its output with ``finish_reason="length"``. A page
+    ``crash_on_width`` pixels wide crashes the engine after its first-token latency: the
+    process exits (``crash_mode="exit"``, as a replica whose engine died) or
+    :class:`EngineCrashedError` is raised, naming a new replica each time.
     """
 
     def __init__(
@@ -81,6 +90,11 @@ class FakeEngine:
             event.set()
         self._ready = False
 
+    def _crash(self, number: int) -> None:
+        if self._config.crash_mode == "exit":
+            os._exit(17)
+        raise EngineCrashedError(f"injected crash on request {number}", replica=f"fake-{number}")
+
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateUpdate]:
         if not self._ready:
             raise NotReadyError("the engine is still starting")
@@ -103,6 +117,9 @@ class FakeEngine:
         self._running[request.request_id] = aborted
         try:
             await asyncio.sleep(self._config.first_token_latency_s)
+            if request.image.width == self._config.crash_on_width:
+                await asyncio.sleep(self._config.crash_delay_s)
+                self._crash(number)
             step = self._config.tokens_per_update
             for start in range(0, len(tokens), step):
                 if aborted.is_set():

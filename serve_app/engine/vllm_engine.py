@@ -19,7 +19,12 @@ from serve_app.engine.hardware import (
 from serve_app.engine.plugin import ARCHITECTURES
 from serve_app.engine.protocol import FinishReason, GenerateRequest, GenerateUpdate
 from serve_app.engine.source import resolve_model
-from serve_app.errors import GenerationError, InvalidInputError, NotReadyError
+from serve_app.errors import (
+    EngineCrashedError,
+    GenerationError,
+    InvalidInputError,
+    NotReadyError,
+)
 from serve_app.telemetry import tracing
 
 NGRAM_PROCESSOR = "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"
@@ -170,8 +175,12 @@ class VLLMEngine:
         )
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateUpdate]:
+        if self._llm is not None and self._llm.errored:
+            raise EngineCrashedError("the vLLM engine has died; this replica is being replaced")
         if not self.is_ready():
             raise NotReadyError("the engine is not ready")
+        from vllm.v1.engine.exceptions import EngineDeadError
+
         from serve_app.engine.model import pretiled_item
 
         if not request.prompt.startswith(IMAGE_PLACEHOLDER):
@@ -213,6 +222,8 @@ class VLLMEngine:
                     completion_tokens=completion_tokens,
                     queued_s=_queued_seconds(output) if output.finished else None,
                 )
+        except EngineDeadError as exc:
+            raise EngineCrashedError(f"the vLLM engine died: {exc}") from None
         except ValueError as exc:
             raise InvalidInputError(f"the engine rejected the request: {exc}") from None
         except (RuntimeError, OSError) as exc:

@@ -80,6 +80,12 @@ RETRIES = Metric(
     "Extra generations for pages that ran into max_tokens (the retry policy).",
     ("mode",),
 )
+ENGINE_CRASHES = Metric(
+    "ocr_engine_crashes",
+    "counter",
+    "Engine replicas that died with a page in flight, counted per page (the page was sent "
+    'again, or quarantined: see ocr_pages_total{code="page_quarantined"}).',
+)
 RESPONSES = Metric(
     "ocr_responses",
     "counter",
@@ -93,8 +99,8 @@ PAGES_IN_FLIGHT = Metric(
 )
 
 ALL_METRICS = (
-    PAGES, STAGE_SECONDS, REQUEST_SECONDS, PROMPT_TOKENS, COMPLETION_TOKENS, RETRIES, RESPONSES,
-    PAGES_IN_FLIGHT,
+    PAGES, STAGE_SECONDS, REQUEST_SECONDS, PROMPT_TOKENS, COMPLETION_TOKENS, RETRIES,
+    ENGINE_CRASHES, RESPONSES, PAGES_IN_FLIGHT,
 )  # fmt: skip
 
 # Tag values for routes are bounded: anything else is "other".
@@ -158,6 +164,8 @@ class ServiceMetrics:
             outcome, code = ("truncated" if truncated else "ok"), ""
         mode = report.mode or mode
         record(PAGES, 1, {"outcome": outcome, "mode": mode, "code": code})
+        if report.engine_crashes:
+            record(ENGINE_CRASHES, report.engine_crashes, {})
         for key, stage in STAGES.items():
             if key in report.timings:
                 record(STAGE_SECONDS, report.timings[key], {"stage": stage})

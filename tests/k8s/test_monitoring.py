@@ -485,16 +485,3 @@ def test_podmonitor_check_catches_mistakes() -> None:
     assert found[2].startswith("selector misses the headgroup pods")
     assert "relabeling reads __meta_kubernetes_pod_label_ray_io_clusters" in found[3]
     assert found[4:] and all("no port named 'metric'" in f for f in found[4:])
-
-
-def test_every_ray_container_reads_the_tracing_settings(overlay: Path) -> None:
-    objects = render(overlay)
-    (settings,) = [o for o in objects if o["metadata"]["name"] == "deepseek-ocr-telemetry"]
-    assert settings["kind"] == "ConfigMap"
-    assert settings["data"]["OTEL_TRACES_EXPORTER"] == "none"  # off unless an operator asks
-    cluster = rayservice(objects)["spec"]["rayClusterConfig"]
-    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
-    for group in groups:
-        for container in group["template"]["spec"]["containers"]:
-            refs = [ref["configMapRef"]["name"] for ref in container.get("envFrom", [])]
-            assert refs == ["deepseek-ocr-telemetry"], container["name"]

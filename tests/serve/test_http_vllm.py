@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from serve_app.config import AppConfig
-from serve_app.testing.serve import start_app
+from serve_app.testing.serve import metrics_url, start_app
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
 from tests.engine.conftest import A4_MAX_TOKENS, plugin_a4_page
 from tests.serve.openai_helpers import client, image_message
@@ -79,6 +80,22 @@ def test_two_page_pdf_end_to_end(vllm_app: httpx.Client) -> None:
     assert [p["page"] for p in body["pages"]] == [1, 2]
     assert all("error" not in p and p["usage"]["completion_tokens"] == 8 for p in body["pages"])
     assert body["usage"]["completion_tokens"] == 16
+
+
+def test_vllm_engine_metrics_reach_rays_endpoint(vllm_app: httpx.Client) -> None:
+    png = encode(noise_rgb(300, 200, seed=4))
+    r = vllm_app.post("/v1/ocr", files={"file": ("p.png", png, "image/png")}, data={"mode": "tiny"})
+    assert r.status_code == 200
+    deadline = time.monotonic() + 30  # Ray exports every few seconds
+    while True:
+        text = httpx.get(metrics_url(), timeout=10).text
+        prompt = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith("ray_vllm_prompt_tokens_total{")]  # fmt: skip
+        if sum(prompt) >= r.json()["usage"]["prompt_tokens"] or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert sum(prompt) >= r.json()["usage"]["prompt_tokens"]
+    assert "ray_vllm_num_requests_running{" in text and "ray_vllm_kv_cache_usage_perc{" in text
 
 
 def test_openai_client_chat_with_an_image(vllm_app: httpx.Client) -> None:

@@ -15,13 +15,14 @@ from serve_app.engine.fake import FakeEngine
 from serve_app.engine.recognize import PageGeneration
 from serve_app.errors import (
     CorruptDocumentError,
+    EngineCrashedError,
     InvalidPageRangeError,
     OverloadedError,
     TooManyPagesError,
 )
 from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
-from serve_app.pipeline import OCRPipeline, PageReport
-from serve_app.responses import document_json
+from serve_app.pipeline import FaultPolicy, OCRPipeline, PageReport
+from serve_app.responses import document_failure, document_json
 from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
 
@@ -190,3 +191,71 @@ def test_pages_in_flight_are_bounded() -> None:
 
 def _info(n: int) -> DocumentInfo:
     return DocumentInfo("pdf", n, list(range(n)))
+
+
+def pdf_with_sizes(*sizes: tuple[float, float]) -> bytes:
+    import pymupdf
+
+    doc = pymupdf.open()
+    for number, (width, height) in enumerate(sizes, start=1):
+        doc.new_page(width=width, height=height).insert_text((20, 40), f"Page {number}")
+    return bytes(doc.tobytes())
+
+
+POISON = pdf_with_sizes((595, 842), (300, 400), (595, 842))  # page 2: 600 px wide at 144 dpi
+
+
+def test_a_poison_page_is_quarantined_and_its_document_still_answered() -> None:
+    fake = FakeEngineConfig(
+        crash_on_width=600
+    )  # raises EngineCrashedError, a new replica each time
+    p = OCRPipeline(stages(fake), pages_in_flight=3, faults=FaultPolicy(backoff_s=0.01))
+    engine = p._stages._rec  # type: ignore[attr-defined]
+
+    async def go(upload_id: str) -> list[PageReport]:
+        _, pages = await p.run(POISON, OCROptions(), "req", upload_id)
+        return [r async for r in pages]
+
+    reports = asyncio.run(go("upload-1"))
+    assert [type(r.outcome) for r in reports] == [PageResult, PageFailure, PageResult]
+    failure = reports[1].outcome
+    assert isinstance(failure, PageFailure) and failure.code == "page_quarantined"
+    assert [r.engine_crashes for r in reports] == [0, 2, 0]
+    assert engine.pages_recognized == 4  # pages 1 and 3, and page 2 twice
+
+    again = asyncio.run(go("upload-1"))  # the same bytes again: page 2 never reaches an engine
+    assert [type(r.outcome) for r in again] == [PageResult, PageFailure, PageResult]
+    assert isinstance(again[1].outcome, PageFailure)
+    assert again[1].outcome.code == "page_quarantined" and again[1].engine_crashes == 0
+    assert engine.pages_recognized == 6
+
+
+def test_a_page_whose_engine_died_once_is_sent_again() -> None:
+    class DiesOnce(LocalStages):
+        crashed = False
+
+        async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
+            if not self.crashed:
+                self.crashed = True
+                raise EngineCrashedError("replica died", replica="r1")
+            return await super().recognize(page, task)
+
+    base = stages()
+    dies = DiesOnce(base._pre, base._rec, base._post, max_pages=10)  # type: ignore[attr-defined]
+    p = OCRPipeline(dies, pages_in_flight=1, faults=FaultPolicy(backoff_s=0.01))
+    reports = run(p, text_pdf(2), OCROptions(mode=TINY))
+    assert [type(r.outcome) for r in reports] == [PageResult, PageResult]
+    assert [r.engine_crashes for r in reports] == [1, 0]
+    page = document_json("req", "m", _info(2), reports, OCROptions())["pages"][0]
+    assert page["engine_crashes"] == 1 and "error" not in page
+
+
+def test_a_document_none_of_whose_pages_succeeded_is_an_error() -> None:
+    failed = [PageReport(n, PageFailure(n, "timeout", "slow")) for n in (1, 2)]
+    error = document_failure(failed)
+    assert error is not None and (error.status_code, error.code) == (504, "timeout")
+    mixed = [failed[0], PageReport(2, PageFailure(2, "page_quarantined", "poison"))]
+    assert (error := document_failure(mixed)) is not None and error.status_code == 500
+    quarantined = [PageReport(1, PageFailure(1, "page_quarantined", "poison"))]
+    assert (error := document_failure(quarantined)) is not None and error.status_code == 422
+    assert document_failure([*failed, PageReport(3, object())]) is None  # type: ignore[arg-type]

@@ -12,15 +12,10 @@ import httpx
 import pymupdf
 import pytest
 
-from serve_app.admission import Admission
-from serve_app.api import create_api
 from serve_app.config import AppConfig
-from serve_app.engine.fake import FakeEngine
 from serve_app.errors import NotReadyError
-from serve_app.service import OCRService
-from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
-from tests.support import LoopThread
+from tests.support import LoopThread, LoopTransport, local_api
 
 LETTER_LANDSCAPE = (792.0, 612.0)  # points: a non-square page, wider than tall
 
@@ -30,32 +25,15 @@ def client() -> Iterator[httpx.Client]:
     """A sync client over the ASGI app, whose coroutines run on one background loop."""
     runner = LoopThread()
     config = AppConfig.model_validate({"engine": {"kind": "fake"}})
-    engine = FakeEngine(config.engine.fake, config.engine.sampling)
-    runner.run(engine.start())
-    stages = LocalStages(Preprocessor(config.preprocess), Recognizer(engine, config.engine),
-                         Postprocessor(config.postprocess), max_pages=50)  # fmt: skip
     ready = {"engines": True}
 
     async def check_ready() -> None:
         if not ready["engines"]:
             raise NotReadyError("the engine is still loading")
 
-    app = create_api(OCRService(config, stages), Admission(4, 4), check_ready, "deepseek-ocr")
-
-    class LoopTransport(httpx.BaseTransport):
-        def __init__(self) -> None:
-            self._inner = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            async def go() -> httpx.Response:
-                response = await self._inner.handle_async_request(request)
-                body = await response.aread()
-                return httpx.Response(response.status_code, headers=response.headers,
-                                      content=body)  # fmt: skip
-
-            return runner.run(go())
-
-    with httpx.Client(transport=LoopTransport(), base_url="http://test") as http:
+    app = local_api(runner, config, ready=check_ready)
+    transport = LoopTransport(app, runner)
+    with httpx.Client(transport=transport, base_url="http://test") as http:
         http.ready = ready  # type: ignore[attr-defined]
         yield http
     runner.close()

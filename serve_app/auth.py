@@ -1,0 +1,151 @@
+"""Optional API keys: bearer tokens checked against stored SHA-256 hashes.
+
+Keys are random 32-byte tokens (``python -m serve_app.auth new``), so a fast hash is enough:
+there is nothing to brute-force that a slow hash would protect. Only hashes are configured,
+one ``sha256:<hex>`` per line of a file or comma-separated in an environment variable (a
+Kubernetes Secret fills either). With no hashes configured every route is open. A presented
+key is hashed and compared with every stored hash in constant time. ``/health`` and
+``/ready`` stay open (probes), and metrics are served by Ray, not by this app.
+
+    python -m serve_app.auth new            # a new key and the hash to configure
+    python -m serve_app.auth hash < key.txt # the hash of an existing key
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import os
+import secrets
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serve_app.access_log import note
+from serve_app.errors import ClientError
+from serve_app.http import error_response
+
+PREFIX = "sha256:"
+OPEN_PATHS = frozenset({"/health", "/ready"})
+
+
+class AuthenticationError(ClientError):
+    """No API key, or one that is not configured (HTTP 401)."""
+
+    status_code = 401
+    code = "invalid_api_key"
+    error_type = "authentication_error"
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key.
+
+    >>> hash_key("secret")
+    'sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b'
+    """
+    return PREFIX + hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_hashes(text: str) -> tuple[str, ...]:
+    """Hashes from a file's lines or a comma-separated list; ``#`` starts a comment.
+
+    Raises:
+        ValueError: For an entry that is not ``sha256:`` and 64 hex digits (a raw key pasted
+            by mistake is refused, and not echoed).
+    """
+    hashes = []
+    for number, line in enumerate(text.replace(",", "\n").splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        digest = entry.removeprefix(PREFIX)
+        if not entry.startswith(PREFIX) or len(digest) != 64 or not _is_hex(digest):
+            raise ValueError(f"API key hash entry {number} is not 'sha256:' and 64 hex digits")
+        hashes.append(PREFIX + digest.lower())
+    return tuple(hashes)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def load_hashes(
+    file: str | None, env_var: str, env: Mapping[str, str] = os.environ
+) -> tuple[str, ...]:
+    """The configured hashes: the file's (if set) and the environment variable's."""
+    text = Path(file).read_text() if file else ""
+    return parse_hashes(text + "\n" + env.get(env_var, ""))
+
+
+class ApiKeys:
+    """The configured key hashes; :meth:`check` a presented key against all of them."""
+
+    def __init__(self, hashes: tuple[str, ...]) -> None:
+        self._hashes = tuple(h.encode() for h in hashes)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._hashes)
+
+    def check(self, key: str) -> bool:
+        candidate = hash_key(key).encode()
+        found = False
+        for stored in self._hashes:  # no early exit: the time does not depend on which matched
+            found |= hmac.compare_digest(candidate, stored)
+        return found
+
+
+def bearer_token(scope: Scope) -> str | None:
+    for name, value in scope.get("headers") or []:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+class AuthMiddleware:
+    """ASGI middleware: 401 JSON with ``WWW-Authenticate`` unless the request carries a
+    configured key (every path but :data:`OPEN_PATHS`; nothing is checked without keys)."""
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys.enabled or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        token = bearer_token(scope)
+        if token is not None and self.keys.check(token):
+            await self.app(scope, receive, send)
+            return
+        if token is None:
+            error = AuthenticationError("an API key is required: 'Authorization: Bearer <key>'")
+            challenge = 'Bearer realm="deepseek-ocr"'
+        else:
+            error = AuthenticationError("the API key is not valid")
+            challenge = 'Bearer realm="deepseek-ocr", error="invalid_token"'
+        note(scope.setdefault("state", {}), outcome=error.code)
+        response = error_response(error)
+        response.headers["WWW-Authenticate"] = challenge
+        await response(scope, receive, send)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="API keys for the OCR service.")
+    parser.add_argument("command", choices=["new", "hash"])
+    args = parser.parse_args(argv)
+    if args.command == "new":
+        key = "ocr-" + secrets.token_urlsafe(32)
+        sys.stdout.write(f"key (give to the client):   {key}\n")
+        sys.stdout.write(f"hash (configure on server): {hash_key(key)}\n")
+    else:
+        sys.stdout.write(hash_key(sys.stdin.read().strip()) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
