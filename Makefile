@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup test test-oracle lint fmt bench bench-engine bench-cpu serve k8s-config
+.PHONY: setup test test-oracle test-costly lint fmt bench bench-engine bench-cpu serve k8s-config
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -33,6 +33,11 @@ test: setup
 # changing the plugin, tiling or the vLLM pin (about 10 minutes more on a slow CPU).
 test-oracle: setup
 	$(PY) -m pytest --durations=15 -m oracle $(PYTEST_ARGS)
+
+# A real vLLM engine core killed under the Serve graph: Serve replaces the replica (an extra
+# engine start, two to five minutes on CPU).
+test-costly: setup
+	$(PY) -m pytest --durations=15 -m costly $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

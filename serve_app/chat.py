@@ -21,7 +21,7 @@ from serve_app.config import IngressConfig
 from serve_app.core.document import document_markdown
 from serve_app.core.markdown import PAGE_SPLIT
 from serve_app.errors import InvalidInputError, OCRError
-from serve_app.http import check_upload_size, decode_file_field
+from serve_app.http import Fetch, check_upload_size, decode_file_field
 from serve_app.pipeline import PageReport
 from serve_app.resolve import RequestFields
 from serve_app.responses import summary_json
@@ -49,26 +49,29 @@ class ChatRequest(BaseModel):
 
 
 async def read_chat_request(
-    request: Request, config: IngressConfig
+    request: Request, config: IngressConfig, fetch: Fetch
 ) -> tuple[ChatRequest, bytes, str]:
-    """The chat request, the file bytes and the text of its last user turn.
+    """The chat request, the file bytes and the text of its last user turn; an image or file
+    given by an http(s) URL is fetched with ``fetch``.
 
     Raises:
         InvalidInputError: For a body that is not a chat request, or no image or file.
         PayloadTooLargeError: For a file past ``max_upload_bytes``.
+        ClientError: For a URL that may not or could not be fetched (see serve_app.fetch).
     """
     check_upload_size(request, config)
     try:
         chat = ChatRequest.model_validate(json.loads(await request.body()))
     except (json.JSONDecodeError, ValidationError) as exc:
         raise InvalidInputError(f"invalid chat request: {exc}") from None
-    data, text = last_user_content(chat)
+    source, text = last_user_content(chat)
+    data = await fetch(source) if isinstance(source, str) else source
     check_upload_size(data, config)
     return chat, data, text
 
 
-def last_user_content(request: ChatRequest) -> tuple[bytes, str]:
-    """The file bytes and the text of the last user message.
+def last_user_content(request: ChatRequest) -> tuple[bytes | str, str]:
+    """The file (bytes, or the URL to fetch it from) and the text of the last user message.
 
     Raises:
         InvalidInputError: If there is no user message or it carries no image or file.
@@ -80,7 +83,7 @@ def last_user_content(request: ChatRequest) -> tuple[bytes, str]:
     parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
     if not isinstance(parts, list):
         raise InvalidInputError("message content must be a string or a list of parts")
-    data: bytes | None = None
+    data: bytes | str | None = None
     texts: list[str] = []
     for part in parts:
         kind = part.get("type") if isinstance(part, dict) else None
@@ -88,16 +91,20 @@ def last_user_content(request: ChatRequest) -> tuple[bytes, str]:
             texts.append(str(part.get("text", "")))
         elif kind == "image_url":
             url = (part.get("image_url") or {}).get("url", "")
-            if not url.startswith("data:"):
-                raise InvalidInputError(
-                    "image_url must be a data: URL (remote URLs are not fetched)"
-                )
-            data = decode_file_field(url)
+            if not isinstance(url, str) or not url:
+                raise InvalidInputError("image_url needs a 'url' (a data: or http(s) URL)")
+            data = decode_file_field(url) if url.startswith("data:") else url
         elif kind == "file":
-            file_data = (part.get("file") or {}).get("file_data")
-            if not isinstance(file_data, str):
-                raise InvalidInputError("file parts need 'file_data' (base64 or a data URL)")
-            data = decode_file_field(file_data)
+            file = part.get("file") or {}
+            file_data, file_url = file.get("file_data"), file.get("file_url")
+            if isinstance(file_data, str):
+                data = decode_file_field(file_data)
+            elif isinstance(file_url, str):
+                data = file_url
+            else:
+                raise InvalidInputError(
+                    "file parts need 'file_data' (base64 or a data URL) or 'file_url'"
+                )
         else:
             raise InvalidInputError(f"unsupported content part type {kind!r}")
     if data is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app.core.modes import ModelFamily, max_image_tokens
 
@@ -207,6 +207,31 @@ class PostprocessConfig(_Config):
     figure_jpeg_quality: int = Field(90, ge=1, le=100)
 
 
+class UrlFetchConfig(_Config):
+    """Inputs named by URL (``url`` on /v1/ocr, http(s) ``image_url`` in chat): fetched by the
+    ingress without SSRF (:mod:`serve_app.fetch`), up to ``max_upload_bytes``."""
+
+    enabled: bool = Field(True, description="False refuses URL inputs (400).")
+    allowlist: list[str] = Field(
+        default_factory=list,
+        description="Addresses fetched although not public: CIDR networks ('10.1.0.0/16'), "
+        "IPs, or 'host:port' / 'ip:port' (e.g. an in-cluster document store).",
+    )
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0, description="Longest wait for the next bytes.")
+    total_timeout_s: float = Field(60.0, gt=0, description="For the whole fetch.")
+    max_redirects: int = Field(3, ge=0)
+    ca_file: str | None = Field(None, description="PEM of private CAs to trust (not certifi's).")
+
+    @field_validator("allowlist")
+    @classmethod
+    def _check_allowlist(cls, entries: list[str]) -> list[str]:
+        from serve_app.fetch import parse_allowlist
+
+        parse_allowlist(entries)
+        return entries
+
+
 class IngressConfig(_Config):
     """HTTP limits and per-request behaviour."""
 
@@ -239,6 +264,7 @@ class IngressConfig(_Config):
     quarantine_ttl_s: float = Field(
         3600.0, gt=0, description="How long the same upload's quarantined page stays refused."
     )
+    url_fetch: UrlFetchConfig = Field(default_factory=UrlFetchConfig)
     api_keys_file: str | None = Field(
         None, description="A file of API key hashes ('sha256:<hex>' per line); see serve_app.auth."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import Request
@@ -61,9 +62,10 @@ def ocr_request_body_schema() -> dict[str, Any]:
     options = OCRParams.model_json_schema()
     props = options["properties"]
 
+    url = {"type": "string", "description": "http(s) URL of the image or PDF, instead of file"}
+
     def with_file(file_schema: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "object", "required": ["file"],
-                "properties": {"file": file_schema, **props}}  # fmt: skip
+        return {"type": "object", "properties": {"file": file_schema, "url": url, **props}}
 
     return {
         "required": True,
@@ -110,36 +112,53 @@ def check_upload_size(upload: Request | bytes, config: IngressConfig) -> None:
         )
 
 
-async def read_ocr_request(request: Request, config: IngressConfig) -> tuple[bytes, OCRParams]:
-    """The uploaded bytes and options from a JSON, multipart or raw-body request.
+Fetch = Callable[[str], Awaitable[bytes]]
+
+
+async def read_ocr_request(
+    request: Request, config: IngressConfig, fetch: Fetch
+) -> tuple[bytes, OCRParams]:
+    """The input's bytes and the options from a JSON, multipart or raw-body request; an input
+    named by ``url`` (a JSON or form field, or a query parameter) is fetched with ``fetch``.
 
     Raises:
         PayloadTooLargeError: Past ``max_upload_bytes``.
-        InvalidInputError: For a missing file, bad base64 or invalid options.
+        InvalidInputError: For no file or URL, both, bad base64 or invalid options.
+        ClientError: For a URL that may not or could not be fetched (see serve_app.fetch).
     """
     check_upload_size(request, config)
     fields: dict[str, Any] = dict(request.query_params)
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
+    data = b""
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         form = await request.form()
         upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise InvalidInputError("multipart requests need a 'file' part")
-        data = await upload.read()
+        if isinstance(upload, str):
+            raise InvalidInputError("'file' must be a file part", param="file")
+        data = await upload.read() if upload is not None else b""
         fields.update({k: v for k, v in form.items() if k != "file" and isinstance(v, str)})
     elif content_type.startswith("application/json"):
         try:
             body = json.loads(await request.body())
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"the body is not valid JSON: {exc.msg}") from None
-        if not isinstance(body, dict) or not isinstance(body.get("file"), str):
-            raise InvalidInputError("JSON requests need 'file': base64 data or a data URL")
-        data = decode_file_field(body.pop("file"))
+        if not isinstance(body, dict) or not isinstance(body.get("file", body.get("url")), str):
+            raise InvalidInputError(
+                "JSON requests need 'file' (base64 data or a data URL) or 'url'"
+            )
+        data = decode_file_field(body.pop("file")) if "file" in body else b""
         fields.update(body)
     else:
         data = await request.body()
+    url = fields.pop("url", None)
+    if url is not None and data:
+        raise InvalidInputError("send a file or a 'url', not both", param="url")
+    if url is not None:
+        if not isinstance(url, str):
+            raise InvalidInputError("'url' must be a string", param="url")
+        data = await fetch(url)
     if not data:
-        raise InvalidInputError("the request carries no file")
+        raise InvalidInputError("the request carries no file (send one, or a 'url')")
     check_upload_size(data, config)
     try:
         return data, OCRParams.model_validate(fields)

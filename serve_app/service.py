@@ -17,8 +17,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from serve_app.access_log import logged_pages, note, request_id_of
 from serve_app.chat import chat_fields, chat_response, read_chat_request, sse_events
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, IngressConfig
 from serve_app.errors import EngineTimeoutError, OCRError
+from serve_app.fetch import FetchPolicy, UrlNotAllowedError, fetch_url
 from serve_app.http import error_response, read_ocr_request
 from serve_app.messages import DocumentInfo, OCROptions
 from serve_app.pipeline import FaultPolicy, OCRPipeline, PageReport, Stages
@@ -26,6 +27,22 @@ from serve_app.quarantine import Quarantine, fingerprint
 from serve_app.resolve import door_limits, resolve_options
 from serve_app.responses import document_failure, document_json, ndjson_lines, zip_bundle
 from serve_app.telemetry.metrics import ServiceMetrics
+
+
+def fetch_policy(config: IngressConfig) -> FetchPolicy | None:
+    """How URL inputs are fetched (``None``: they are refused)."""
+    fetch = config.url_fetch
+    if not fetch.enabled:
+        return None
+    return FetchPolicy(
+        max_bytes=config.max_upload_bytes,
+        connect_timeout_s=fetch.connect_timeout_s,
+        read_timeout_s=fetch.read_timeout_s,
+        total_timeout_s=fetch.total_timeout_s,
+        max_redirects=fetch.max_redirects,
+        allowlist=tuple(fetch.allowlist),
+        ca_file=fetch.ca_file,
+    )
 
 
 def deadline_error(timeout_s: float) -> EngineTimeoutError:
@@ -85,10 +102,11 @@ class OCRService:
             quarantine=Quarantine(ingress.quarantine_ttl_s),
         )
         self._pipeline = OCRPipeline(stages, ingress.pages_in_flight, self.metrics, faults)
+        self._fetch_policy = fetch_policy(ingress)
         self._store = store
 
     async def ocr(self, request: Request) -> Response:
-        data, params = await read_ocr_request(request, self._config)
+        data, params = await read_ocr_request(request, self._config, self._fetch)
         options = resolve_options(params.fields(), self._limits)
         run = await self._start(request, "ocr", data, options)
         if params.stream:
@@ -104,7 +122,7 @@ class OCRService:
         return JSONResponse(document_json(run.request_id, run.model, run.info, reports, options))
 
     async def chat(self, request: Request) -> Response:
-        chat, data, text = await read_chat_request(request, self._config)
+        chat, data, text = await read_chat_request(request, self._config, self._fetch)
         options = resolve_options(chat_fields(chat, text), self._limits)
         run = await self._start(request, "chatcmpl", data, options)
         if chat.stream:
@@ -114,6 +132,11 @@ class OCRService:
             note(run.state, outcome=failed.code)
             return error_response(failed)
         return JSONResponse(chat_response(run, reports))
+
+    async def _fetch(self, url: str) -> bytes:
+        if self._fetch_policy is None:
+            raise UrlNotAllowedError("this service does not fetch URLs; send the file", "url")
+        return (await fetch_url(url, self._fetch_policy)).content
 
     async def _start(self, request: Request, prefix: str, data: bytes, options: OCROptions) -> Run:
         """Open the document (and decode a single image) within the request's deadline."""

@@ -1,0 +1,566 @@
+"""Download a URL a client names instead of uploading the file, without SSRF.
+
+A client of the OCR API may send ``"url": "https://..."`` for an image or PDF. Fetching it from
+inside the cluster must not let the client reach what only the cluster can reach (the cloud
+metadata service at 169.254.169.254, the Ray dashboard, other pods). So :func:`fetch_url`:
+
+* accepts only http(s) URLs without credentials;
+* resolves the host itself and refuses it if *any* of its addresses is not public
+  (:func:`refusal_reason`), unless the policy's allowlist names that address;
+* connects to an address it checked, not to the name again, so a second DNS answer cannot
+  swap in an internal address (DNS rebinding);
+* follows redirects itself, checking every hop the same way;
+* bounds the time (connect, each read, the whole fetch) and the bytes it reads.
+
+Every refusal is a :class:`~serve_app.errors.ClientError` with ``param="url"``. Messages name
+the URL without its query string, which often carries a signature (presigned URLs), since
+error messages end up in logs. No Ray or FastAPI here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import re
+import socket
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import httpx
+
+from serve_app.errors import ClientError, InvalidInputError, PayloadTooLargeError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+SUPPORTED_SCHEMES = frozenset({"http", "https"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+USER_AGENT = "deepseek-ocr-serve (url fetch)"
+
+
+class UrlNotAllowedError(ClientError):
+    """The URL's scheme, credentials, port or an address its host resolves to is refused."""
+
+    code = "url_not_allowed"
+
+
+class UrlFetchError(ClientError):
+    """The URL is allowed but could not be fetched: the name does not resolve, the connection
+    fails, the origin answers an error status or redirects too often."""
+
+    # 422: the request is well-formed but names something we cannot get. Not 5xx: retrying
+    # the same request will not help until the client or the origin changes something.
+    status_code = 422
+    code = "url_fetch_failed"
+
+
+class UrlTimeoutError(UrlFetchError):
+    """The origin was too slow: to connect, between two reads or for the whole download."""
+
+    # 422 like any fetch failure, not 408: 408 says the *client* was slow sending its own
+    # request, and HTTP clients may silently resend on 408. Here the client's request arrived
+    # whole; the origin it named was slow, so the code alone tells the two failures apart.
+    code = "url_timeout"
+
+
+@dataclass(frozen=True)
+class Allowlist:
+    """Addresses that may be fetched from although :func:`refusal_reason` refuses them.
+
+    Attributes:
+        networks: Any port on any address in these networks.
+        endpoints: ``(address, port)`` pairs.
+        host_ports: ``(host name, port)`` pairs: whatever the name resolves to, on that port
+            (the operator trusts that name's DNS).
+    """
+
+    networks: tuple[IPNetwork, ...] = ()
+    endpoints: frozenset[tuple[IPAddress, int]] = frozenset()
+    host_ports: frozenset[tuple[str, int]] = frozenset()
+
+    def permits(self, host: str, address: IPAddress, port: int) -> bool:
+        """Whether ``address`` (which ``host`` resolved to) may be reached on ``port``."""
+        return (
+            any(address in network for network in self.networks)
+            or (address, port) in self.endpoints
+            or (host.lower().rstrip("."), port) in self.host_ports
+        )
+
+
+_HOST_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*", re.I)
+
+
+def _parse_port(text: str, entry: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"allowlist entry {entry!r}: the port must be a number from 1 to 65535")
+    return int(text)
+
+
+def parse_allowlist(entries: Iterable[str]) -> Allowlist:
+    """Parse allowlist entries: a network (``10.1.0.0/16``), an address (``10.1.2.3``,
+    ``fd00::1``) or one port of an address or host name (``10.1.2.3:8080``,
+    ``[fd00::1]:8080``, ``docs.internal:443``).
+
+    Raises:
+        ValueError: Naming the first malformed entry and what is wrong with it.
+
+    >>> parse_allowlist(["10.1.0.0/16", "127.0.0.1:8080"]).permits(
+    ...     "localhost", ipaddress.ip_address("127.0.0.1"), 8080)
+    True
+    """
+    networks: list[IPNetwork] = []
+    endpoints: set[tuple[IPAddress, int]] = set()
+    host_ports: set[tuple[str, int]] = set()
+    for raw in entries:
+        entry = raw.strip()
+        if not entry:
+            raise ValueError("allowlist entries must not be empty")
+        try:
+            networks.append(ipaddress.ip_network(entry))  # a network or a single address
+            continue
+        except ValueError as exc:
+            if "/" in entry:
+                raise ValueError(
+                    f"allowlist entry {entry!r} is not a valid network: {exc}"
+                ) from None
+        if entry.startswith("["):
+            inside, bracket, port = entry[1:].partition("]:")
+            try:
+                address = ipaddress.IPv6Address(inside)
+            except ValueError:
+                address = None
+            if not bracket or address is None:
+                raise ValueError(f"allowlist entry {entry!r}: write an IPv6 port as [address]:port")
+            endpoints.add((address, _parse_port(port, entry)))
+            continue
+        host, colon, port = entry.rpartition(":")
+        if not colon:
+            raise ValueError(
+                f"allowlist entry {entry!r} is not a network or an address; "
+                "a host name needs a port (host:port)"
+            )
+        number = _parse_port(port, entry)
+        try:
+            endpoints.add((ipaddress.IPv4Address(host), number))
+            continue
+        except ValueError:
+            pass
+        if not _HOST_NAME.fullmatch(host.rstrip(".")):
+            raise ValueError(f"allowlist entry {entry!r}: {host!r} is not a valid host name")
+        host_ports.add((host.lower().rstrip("."), number))
+    return Allowlist(tuple(networks), frozenset(endpoints), frozenset(host_ports))
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """What :func:`fetch_url` may fetch and how long and how much it may read.
+
+    Attributes:
+        allowed_schemes: A subset of ``http`` and ``https``.
+        max_bytes: Larger bodies are refused (413), by ``Content-Length`` or while reading.
+        connect_timeout_s: To open a connection (TCP and TLS), per address tried.
+        read_timeout_s: The longest wait for the next bytes from the origin.
+        total_timeout_s: For the whole fetch: resolving, every redirect and the body.
+        max_redirects: How many redirects are followed; one more is refused.
+        allowlist: Entries for :func:`parse_allowlist`, checked when the policy is made.
+        ca_file: PEM file of the certificate authorities to trust instead of certifi's
+            (a private CA); environment variables are never consulted.
+    """
+
+    allowed_schemes: tuple[str, ...] = ("http", "https")
+    max_bytes: int = 50 * 2**20
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+    total_timeout_s: float = 60.0
+    max_redirects: int = 3
+    allowlist: tuple[str, ...] = ()
+    ca_file: str | None = None
+    allowed: Allowlist = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        schemes = tuple(s.lower() for s in self.allowed_schemes)
+        if not schemes or not set(schemes) <= SUPPORTED_SCHEMES:
+            raise ValueError(f"allowed_schemes must be a subset of http, https: {schemes}")
+        if self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive: {self.max_bytes}")
+        timeouts = (self.connect_timeout_s, self.read_timeout_s, self.total_timeout_s)
+        if min(timeouts) <= 0:
+            raise ValueError(f"timeouts must be positive: {timeouts}")
+        if self.max_redirects < 0:
+            raise ValueError(f"max_redirects must not be negative: {self.max_redirects}")
+        object.__setattr__(self, "allowed_schemes", schemes)
+        object.__setattr__(self, "allowlist", tuple(self.allowlist))
+        object.__setattr__(self, "allowed", parse_allowlist(self.allowlist))
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A downloaded body.
+
+    Attributes:
+        content: The body as sent (``Accept-Encoding: identity`` is asked for).
+        url: The URL the body came from, after redirects, without a fragment.
+        content_type: The origin's ``Content-Type`` header, if any.
+    """
+
+    content: bytes
+    url: str
+    content_type: str | None
+
+
+_SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+_UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """The IPv4 addresses an IPv6 address carries, each with how it carries it."""
+    if address.ipv4_mapped is not None:
+        return [("an IPv4-mapped IPv6 address of", address.ipv4_mapped)]
+    if address in _NAT64:
+        return [("a NAT64 address embedding", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))]
+    if address.sixtofour is not None:
+        return [("a 6to4 address embedding", address.sixtofour)]
+    if address.teredo is not None:
+        server, client = address.teredo
+        return [("a Teredo address embedding", client), ("a Teredo address embedding", server)]
+    return []
+
+
+def refusal_reason(address: IPAddress) -> str | None:
+    """Why ``address`` may not be fetched from, or ``None`` for a public address.
+
+    An IPv6 address that carries an IPv4 address (mapped, NAT64, 6to4, Teredo) is refused
+    when the IPv4 address is; a mapped or NAT64 address is otherwise judged by it alone.
+
+    >>> refusal_reason(ipaddress.ip_address("169.254.169.254"))
+    'a link-local address'
+    >>> refusal_reason(ipaddress.ip_address("::ffff:127.0.0.1"))
+    'an IPv4-mapped IPv6 address of 127.0.0.1, a loopback address'
+    >>> refusal_reason(ipaddress.ip_address("93.184.215.14")) is None
+    True
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        for how, inner in embedded:
+            reason = refusal_reason(inner)
+            if reason is not None:
+                return f"{how} {inner}, {reason}"
+        # The whole mapped and NAT64 ranges are "reserved" to ipaddress; their IPv4 decides.
+        if embedded and (address.ipv4_mapped is not None or address in _NAT64):
+            return None
+    if address.is_unspecified:
+        return "an unspecified address"
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address in _SHARED_ADDRESS_SPACE:
+        return "a shared address space (carrier-grade NAT) address"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local:
+            return "a site-local address"
+        if address in _UNIQUE_LOCAL:
+            return "a unique-local address"
+        if address in _LOCAL_NAT64:
+            return "a local-use NAT64 address"
+    if address.is_reserved:
+        return "a reserved address"
+    if address.is_private:
+        return "a private address"
+    if not address.is_global:
+        return "an address that is not globally routable"
+    return None
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to, in the resolver's order, without repeats.
+
+    The only place this module looks names up (tests replace it). Numeric hosts in any
+    notation the C library accepts (``2130706433``, ``0x7f.1``) come back normalized.
+
+    Raises:
+        socket.gaierror: When the name does not resolve.
+    """
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[IPAddress] = []
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(sockaddr[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+_NUMERIC_HOST = re.compile(r"[0-9a-fx.]+", re.I)
+
+
+def _literal_address(host: str) -> IPAddress | None:
+    """The address a host written as a number stands for, in any notation ``inet_aton``
+    accepts (``127.1``, ``0x7f.0.0.1``, ``2130706433``), or ``None`` for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if _NUMERIC_HOST.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def _display(url: httpx.URL) -> str:
+    """``url`` for messages: no credentials, query or fragment."""
+    netloc = url.netloc.decode("ascii")
+    return f"{url.scheme}://{netloc}{url.path}" if netloc else f"{url.scheme}:{url.path}"
+
+
+@dataclass(frozen=True)
+class _Hop:
+    """One URL to fetch, checked for scheme, credentials and port; ``where`` names it in
+    messages."""
+
+    url: httpx.URL
+    host: str
+    port: int
+    where: str
+
+
+def _check_url(url: httpx.URL, policy: FetchPolicy, where: str) -> _Hop:
+    """Refuse a scheme, credentials, a missing host or a bad port; drop the fragment.
+
+    Raises:
+        UrlNotAllowedError: Naming what is refused.
+    """
+    scheme = url.scheme
+    if scheme not in policy.allowed_schemes:
+        allowed = ", ".join(policy.allowed_schemes)
+        raise UrlNotAllowedError(
+            f"{where}: the scheme {scheme!r} is not allowed; only {allowed} URLs may be fetched",
+            param="url",
+        )
+    if url.userinfo:
+        raise UrlNotAllowedError(
+            f"{where}: URLs with credentials (user:password@) are not accepted", param="url"
+        )
+    host = url.raw_host.decode("ascii")
+    if not host:
+        raise UrlNotAllowedError(f"{where}: the URL names no host", param="url")
+    port = url.port if url.port is not None else DEFAULT_PORTS[scheme]
+    if not 1 <= port <= 65535:
+        raise UrlNotAllowedError(f"{where}: port {port} is not allowed", param="url")
+    return _Hop(url.copy_with(fragment=None), host, port, where)
+
+
+def _not_public(where: str, verb: str, address: IPAddress, reason: str) -> UrlNotAllowedError:
+    return UrlNotAllowedError(
+        f"{where} {verb} {address}, {reason}; only public addresses may be fetched",
+        param="url",
+    )
+
+
+async def _checked_addresses(hop: _Hop, policy: FetchPolicy) -> list[IPAddress]:
+    """Every address ``hop``'s host resolves to, once each is allowed.
+
+    Raises:
+        UrlNotAllowedError: If any address is refused and not allowlisted.
+        UrlFetchError: If the host does not resolve.
+    """
+    literal = _literal_address(hop.host)
+    if literal is not None and not policy.allowed.permits(hop.host, literal, hop.port):
+        reason = refusal_reason(literal)
+        if reason is not None:
+            raise _not_public(hop.where, "names", literal, reason)
+    try:
+        addresses = await resolve(hop.host, hop.port)
+    except (socket.gaierror, UnicodeError) as exc:
+        detail = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise UrlFetchError(
+            f"{hop.where}: the host {hop.host} could not be resolved ({detail})", param="url"
+        ) from None
+    if not addresses:
+        raise UrlFetchError(f"{hop.where}: the host {hop.host} has no address", param="url")
+    for address in addresses:
+        if policy.allowed.permits(hop.host, address, hop.port):
+            continue
+        reason = refusal_reason(address)
+        if reason is not None:
+            raise _not_public(hop.where, "resolves to", address, reason)
+    return addresses
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """A verifying client context (certificate and host name) trusting ``ca_file`` or certifi."""
+    if ca_file:
+        return ssl.create_default_context(cafile=ca_file)
+    return httpx.create_ssl_context(verify=True, trust_env=False)
+
+
+def _client(policy: FetchPolicy) -> httpx.AsyncClient:
+    """A fresh client for one hop: no redirects, proxies, environment or shared cookies."""
+    return httpx.AsyncClient(
+        follow_redirects=False,
+        trust_env=False,
+        verify=_ssl_context(policy.ca_file),
+        timeout=httpx.Timeout(
+            connect=policy.connect_timeout_s,
+            read=policy.read_timeout_s,
+            write=policy.read_timeout_s,
+            pool=policy.connect_timeout_s,
+        ),
+    )
+
+
+async def _read_body(response: httpx.Response, hop: _Hop, limit: int) -> bytes:
+    """The body, refused once it is known or seen to exceed ``limit`` bytes.
+
+    At most ``limit`` bytes plus one network read are held.
+
+    Raises:
+        PayloadTooLargeError: Past ``limit``.
+        UrlFetchError: For a compressed body (identity was asked for; decompressing would
+            defeat the limit).
+    """
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"{hop.where} is {int(declared)} bytes (Content-Length); the limit is {limit}",
+            param="url",
+        )
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UrlFetchError(
+            f"{hop.where} answered with Content-Encoding {encoding!r}; "
+            "only uncompressed bodies are accepted",
+            param="url",
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"{hop.where} sent more than {limit} bytes; the limit is {limit}", param="url"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _get(hop: _Hop, address: IPAddress, policy: FetchPolicy) -> Fetched | httpx.URL:
+    """GET ``hop`` from ``address``: the body, or the URL a redirect points to.
+
+    The request goes to the address, with the URL's own ``Host`` header. For https the
+    ``sni_hostname`` extension makes httpcore hand the *name* to the TLS handshake
+    (``server_hostname`` in ``httpcore/_async/connection.py``, then anyio's ``TLSStream.wrap``
+    and ``SSLContext.wrap_bio``), so the name is sent as SNI and the certificate is verified
+    against the name (``check_hostname``), though the socket connects to the address.
+    """
+    target = hop.url.copy_with(host=str(address))
+    # A host written as an address gets no SNI; TLS then verifies the address itself.
+    extensions = {} if _literal_address(hop.host) is not None else {"sni_hostname": hop.host}
+    headers = {
+        "Host": hop.url.netloc.decode("ascii"),
+        "User-Agent": USER_AGENT,
+        "Accept": "image/*, application/pdf, */*;q=0.5",
+        "Accept-Encoding": "identity",
+    }
+    async with (
+        _client(policy) as client,
+        client.stream("GET", target, headers=headers, extensions=extensions) as response,
+    ):
+        status = response.status_code
+        if status in REDIRECT_STATUSES and "location" in response.headers:
+            try:
+                return hop.url.join(response.headers["location"])
+            except httpx.InvalidURL as exc:
+                raise UrlFetchError(
+                    f"{hop.where} redirected to an invalid URL ({exc})", param="url"
+                ) from None
+        if not 200 <= status < 300:
+            raise UrlFetchError(
+                f"{hop.where} answered HTTP {status} {response.reason_phrase}".rstrip(),
+                param="url",
+            )
+        content = await _read_body(response, hop, policy.max_bytes)
+        return Fetched(content, str(hop.url), response.headers.get("content-type"))
+
+
+async def _get_any(
+    hop: _Hop, addresses: list[IPAddress], policy: FetchPolicy
+) -> Fetched | httpx.URL:
+    """GET ``hop`` from the first of its checked addresses that accepts a connection.
+
+    Raises:
+        UrlTimeoutError: When the origin is too slow.
+        UrlFetchError: When no address accepts a connection or the exchange fails.
+    """
+    failures: list[str] = []
+    timed_out = True
+    for address in addresses:
+        try:
+            return await _get(hop, address, policy)
+        except httpx.ConnectTimeout:
+            failures.append(f"{address}: no connection within {policy.connect_timeout_s:g} s")
+        except httpx.ConnectError as exc:
+            timed_out = False
+            failures.append(f"{address}: {_describe(exc)}")
+        except httpx.TimeoutException:
+            raise UrlTimeoutError(
+                f"{hop.where} sent nothing for {policy.read_timeout_s:g} s", param="url"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise UrlFetchError(
+                f"{hop.where}: the exchange failed ({_describe(exc)})", param="url"
+            ) from None
+    error = UrlTimeoutError if timed_out else UrlFetchError
+    raise error(f"{hop.where}: could not connect ({'; '.join(failures)})", param="url")
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+async def _follow(first: _Hop, policy: FetchPolicy) -> Fetched:
+    hop = first
+    for _ in range(policy.max_redirects + 1):
+        addresses = await _checked_addresses(hop, policy)
+        result = await _get_any(hop, addresses, policy)
+        if isinstance(result, Fetched):
+            return result
+        where = f"{_display(result)} (redirected from {_display(hop.url)})"
+        hop = _check_url(result, policy, where)
+    raise UrlFetchError(
+        f"{_display(first.url)} redirected more than {policy.max_redirects} times", param="url"
+    )
+
+
+async def fetch_url(url: str, policy: FetchPolicy) -> Fetched:
+    """Download ``url`` under ``policy``, following redirects.
+
+    Raises:
+        InvalidInputError: When ``url`` is not a URL.
+        UrlNotAllowedError: For a refused scheme, credentials, port or address, on any hop.
+        UrlFetchError: When the host does not resolve, no connection can be made, the origin
+            answers an error status or redirects more than ``policy.max_redirects`` times.
+        UrlTimeoutError: When connecting, a read or the whole fetch takes too long.
+        PayloadTooLargeError: For a body larger than ``policy.max_bytes``.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise InvalidInputError(f"'url' is not a valid URL ({exc})", param="url") from None
+    first = _check_url(parsed, policy, _display(parsed))
+    try:
+        async with asyncio.timeout(policy.total_timeout_s):
+            return await _follow(first, policy)
+    except TimeoutError:
+        raise UrlTimeoutError(
+            f"{first.where} did not finish within {policy.total_timeout_s:g} s", param="url"
+        ) from None
