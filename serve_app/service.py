@@ -34,15 +34,7 @@ def fetch_policy(config: IngressConfig) -> FetchPolicy | None:
     fetch = config.url_fetch
     if not fetch.enabled:
         return None
-    return FetchPolicy(
-        max_bytes=config.max_upload_bytes,
-        connect_timeout_s=fetch.connect_timeout_s,
-        read_timeout_s=fetch.read_timeout_s,
-        total_timeout_s=fetch.total_timeout_s,
-        max_redirects=fetch.max_redirects,
-        allowlist=tuple(fetch.allowlist),
-        ca_file=fetch.ca_file,
-    )
+    return FetchPolicy(max_bytes=config.max_upload_bytes, **fetch.model_dump(exclude={"enabled"}))
 
 
 def deadline_error(timeout_s: float) -> EngineTimeoutError:
