@@ -1,12 +1,13 @@
 """A bounded load run at about twice the graph's capacity: nothing lost, no 500.
 
-Run: ``.venv/bin/python -m bench.load --seconds 60`` (fake engine; about two minutes with the
+Run: ``.venv/bin/python -m bench.load`` (fake engine; about two and a half minutes with the
 capacity probe and start-up). First a closed-loop probe measures the graph's capacity in
 requests per second; then requests arrive open-loop at ``--overload`` times that rate for
-``--seconds``: single images and PDFs of 2-4 pages, mixed. Every request must end in a result
-or a JSON 429, 503 or 504; every admitted request must return each of its pages (a result or
-an explicit per-page error). Prints answers by status, latency percentiles of the admitted
-requests and each replica's memory at start and end. Exits 1 if a check fails.
+``--seconds``, ``--rounds`` times: single images and PDFs of 2-4 pages, mixed. Every request
+must end in a result or a JSON 429, 503 or 504; every admitted request must return each of
+its pages (a result or an explicit per-page error). Prints answers by status, latency
+percentiles of the admitted requests and each replica's memory at start and after each round
+(a plateau, not growth). Exits 1 if a check fails.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seconds", type=float, default=45.0, help="per overload round")
+    parser.add_argument("--rounds", type=int, default=2, help="memory is printed after each")
     parser.add_argument("--overload", type=float, default=2.0, help="times the capacity")
     parser.add_argument("--page-latency", type=float, default=0.25, help="fake engine s/page")
     args = parser.parse_args()
@@ -141,12 +143,14 @@ def main() -> int:
     )  # fmt: skip
     url = start_app(config, name="load", options=deployed_options())
     items = inputs(seed=1)
-    memory_start = replica_rss("load")
+    memory = [replica_rss("load")]
     capacity = asyncio.run(probe(url, items, seconds=15))
     rate = args.overload * capacity
-    outcomes = asyncio.run(overload(url, items, rate, args.seconds))
-    time.sleep(2)
-    memory_end = replica_rss("load")
+    outcomes: list[Outcome] = []
+    for _ in range(args.rounds):
+        outcomes += asyncio.run(overload(url, items, rate, args.seconds))
+        time.sleep(2)
+        memory.append(replica_rss("load"))
     serve.shutdown()
 
     by_status = collections.Counter(o.status for o in outcomes)
@@ -156,20 +160,18 @@ def main() -> int:
     back = sum(o.pages_back for o in admitted)
     latencies = [o.seconds for o in admitted]
     print(f"capacity (closed loop, 16 in flight): {capacity:.1f} requests/s")
-    print(f"offered: {len(outcomes)} requests at {rate:.1f}/s for {args.seconds:.0f} s "
-          f"({args.overload:.1f}x capacity)")  # fmt: skip
+    print(f"offered: {len(outcomes)} requests at {rate:.1f}/s, {args.rounds} x "
+          f"{args.seconds:.0f} s ({args.overload:.1f}x capacity)")  # fmt: skip
     print("answers: " + ", ".join(f"{s}: {n}" for s, n in sorted(by_status.items())))
     print(f"admitted: {len(admitted)} requests, pages sent {sent}, pages back {back}")
     if latencies:
         print(f"admitted latency s: p50 {statistics.median(latencies):.2f}, "
               f"p99 {percentile(latencies, 0.99):.2f}, max {max(latencies):.2f}")  # fmt: skip
-    print(f"{'replica':<36}{'RSS start MiB':>14}{'RSS end MiB':>13}")
-    for name in sorted(memory_start.keys() | memory_end.keys()):
-        start_mib, end_mib = (
-            memory_start.get(name, float("nan")),
-            memory_end.get(name, float("nan")),
-        )
-        print(f"{name:<36}{start_mib:>14.0f}{end_mib:>13.0f}")
+    rounds = "".join(f"{f'after {k}':>10}" for k in range(1, len(memory)))
+    print(f"{'replica RSS MiB':<36}{'start':>8}{rounds}")
+    for name in sorted(set().union(*memory)):
+        figures = "".join(f"{m.get(name, float('nan')):>10.0f}" for m in memory[1:])
+        print(f"{name:<36}{memory[0].get(name, float('nan')):>8.0f}{figures}")
     unexpected = {s for s in by_status if s not in (200, *REFUSALS)}
     if problems or unexpected or sent != back:
         print(f"FAILED: {len(problems)} problems, e.g. {problems[:3]}; statuses {unexpected}")
