@@ -106,15 +106,17 @@ async def overload(
         return list(await asyncio.gather(*tasks))
 
 
-def replica_rss(app: str) -> dict[str, float]:
-    """MiB resident per replica process (by the titles Ray gives them)."""
-    found: dict[str, float] = {}
-    for proc in psutil.process_iter(["cmdline", "memory_info"]):
+def replica_memory(app: str) -> dict[str, tuple[float, float]]:
+    """MiB per replica process (by the titles Ray gives them): private (USS), and resident
+    (RSS, which also counts the pages of Ray's shared object store the process touched)."""
+    found: dict[str, tuple[float, float]] = {}
+    for proc in psutil.process_iter(["cmdline"]):
         title = " ".join(proc.info["cmdline"] or ())
         marker = f"ServeReplica:{app}:"
         if marker in title:
             name = title.split(marker, 1)[1].split()[0]
-            found[f"{name} ({proc.pid})"] = proc.info["memory_info"].rss / 2**20
+            info = proc.memory_full_info()
+            found[f"{name} ({proc.pid})"] = (info.uss / 2**20, info.rss / 2**20)
     return found
 
 
@@ -143,14 +145,14 @@ def main() -> int:
     )  # fmt: skip
     url = start_app(config, name="load", options=deployed_options())
     items = inputs(seed=1)
-    memory = [replica_rss("load")]
+    memory = [replica_memory("load")]
     capacity = asyncio.run(probe(url, items, seconds=15))
     rate = args.overload * capacity
     outcomes: list[Outcome] = []
     for _ in range(args.rounds):
         outcomes += asyncio.run(overload(url, items, rate, args.seconds))
         time.sleep(2)
-        memory.append(replica_rss("load"))
+        memory.append(replica_memory("load"))
     serve.shutdown()
 
     by_status = collections.Counter(o.status for o in outcomes)
@@ -167,11 +169,11 @@ def main() -> int:
     if latencies:
         print(f"admitted latency s: p50 {statistics.median(latencies):.2f}, "
               f"p99 {percentile(latencies, 0.99):.2f}, max {max(latencies):.2f}")  # fmt: skip
-    rounds = "".join(f"{f'after {k}':>10}" for k in range(1, len(memory)))
-    print(f"{'replica RSS MiB':<36}{'start':>8}{rounds}")
+    rounds = "".join(f"{f'after {k}':>14}" for k in range(1, len(memory)))
+    print(f"{'replica MiB private / resident':<36}{'start':>14}{rounds}")
     for name in sorted(set().union(*memory)):
-        figures = "".join(f"{m.get(name, float('nan')):>10.0f}" for m in memory[1:])
-        print(f"{name:<36}{memory[0].get(name, float('nan')):>8.0f}{figures}")
+        cells = [m.get(name, (float("nan"), float("nan"))) for m in memory]
+        print(f"{name:<36}" + "".join(f"{f'{uss:.0f} / {rss:.0f}':>14}" for uss, rss in cells))
     unexpected = {s for s in by_status if s not in (200, *REFUSALS)}
     if problems or unexpected or sent != back:
         print(f"FAILED: {len(problems)} problems, e.g. {problems[:3]}; statuses {unexpected}")

@@ -6,9 +6,9 @@ import asyncio
 import os
 from typing import cast
 
-import ray
 from ray import serve
 
+from deployments.page_data import page_data
 from deployments.telemetry import setup_replica
 from serve_app.config import EngineConfig
 from serve_app.core.tiling import PreparedImage
@@ -29,7 +29,7 @@ class EngineDeployment:
         self._replica_id = serve.get_replica_context().replica_id.unique_id
 
     async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
-        image = await page.image if isinstance(page.image, ray.ObjectRef) else page.image
+        image = await page_data(page.image)
         try:
             return await self._recognizer.recognize(cast(PreparedImage, image), task)
         except EngineCrashedError as crash:

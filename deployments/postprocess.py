@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import cast
 
 import numpy as np
-import ray
 from ray import serve
 
+from deployments.page_data import page_data_sync
 from deployments.telemetry import setup_replica
 from serve_app.config import PostprocessConfig
 from serve_app.core.document import PageResult
@@ -22,5 +22,5 @@ class PostprocessDeployment:
         self._post = Postprocessor(config)
 
     def page(self, page: PreparedPage, text: str, task: PageTask) -> PageResult:
-        pixels = ray.get(page.pixels) if isinstance(page.pixels, ray.ObjectRef) else page.pixels
+        pixels = page_data_sync(page.pixels)
         return self._post.page(page.header, cast("np.ndarray | None", pixels), text, task)

@@ -145,6 +145,15 @@ class EngineCrashedError(ServerError):
         return type(self), (self.message, self.param, self.replica)
 
 
+class PageDataLostError(ServerError):
+    """A prepared page's data (views or pixels) was gone from Ray's object store: its node
+    died, or Ray's reference counting dropped it. The page is prepared again."""
+
+    status_code = 503
+    code = "page_data_lost"
+    retry_after_s = 5
+
+
 class PageQuarantinedError(ClientError):
     """The page crashed engines twice; it is not sent to an engine again for a while."""
 

@@ -20,6 +20,7 @@ from serve_app.engine.recognize import PageGeneration
 from serve_app.errors import (
     EngineCrashedError,
     OverloadedError,
+    PageDataLostError,
     PageQuarantinedError,
     as_ocr_error,
 )
@@ -48,11 +49,13 @@ class PageReport:
 class FaultPolicy:
     """What happens to a page whose engine died: sent again up to ``retries`` times (after
     ``backoff_s``, longer each time); once it was in flight on ``quarantine_after`` distinct
-    replicas that died it is quarantined (not sent again while ``quarantine`` holds it)."""
+    replicas that died it is quarantined (not sent again while ``quarantine`` holds it). A
+    page whose prepared data was lost is prepared again, up to ``data_retries`` times."""
 
     retries: int = 3
     quarantine_after: int = 2
     backoff_s: float = 0.5
+    data_retries: int = 2  # preparations again of a page whose data left the object store
     quarantine: Quarantine = field(default_factory=lambda: Quarantine(ttl_s=3600.0))
 
 
@@ -159,14 +162,23 @@ class OCRPipeline:
                 raise PageQuarantinedError(
                     f"page {task.number} crashed engines before; it is not sent to one again yet"
                 )
-            page = prepared or await self._stages.prepare(source, task)
-            timings["preprocess_s"] = page.header.seconds
-            start = time.perf_counter()
-            generation = await self._recognize(page, task, key, died)
-            timings["engine_s"] = time.perf_counter() - start
-            start = time.perf_counter()
-            result = await self._stages.postprocess(page, generation, task)
-            timings["postprocess_s"] = time.perf_counter() - start
+            for attempt in range(self._faults.data_retries + 1):
+                page = prepared or await self._stages.prepare(source, task)
+                timings["preprocess_s"] = page.header.seconds
+                try:
+                    start = time.perf_counter()
+                    generation = await self._recognize(page, task, key, died)
+                    timings["engine_s"] = time.perf_counter() - start
+                    start = time.perf_counter()
+                    result = await self._stages.postprocess(page, generation, task)
+                    timings["postprocess_s"] = time.perf_counter() - start
+                    break
+                except PageDataLostError:
+                    if attempt == self._faults.data_retries:
+                        raise
+                    logger.warning("page %s: its prepared data was lost; preparing it again",
+                                   task.page_id)  # fmt: skip
+                    prepared = None
         except Exception as exc:  # noqa: BLE001 - isolation point: a page never goes missing
             error = as_ocr_error(exc)
             if error is not exc and error.code == "internal_error":

@@ -18,6 +18,7 @@ from serve_app.errors import (
     EngineCrashedError,
     InvalidPageRangeError,
     OverloadedError,
+    PageDataLostError,
     TooManyPagesError,
 )
 from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
@@ -259,3 +260,27 @@ def test_a_document_none_of_whose_pages_succeeded_is_an_error() -> None:
     quarantined = [PageReport(1, PageFailure(1, "page_quarantined", "poison"))]
     assert (error := document_failure(quarantined)) is not None and error.status_code == 422
     assert document_failure([*failed, PageReport(3, object())]) is None  # type: ignore[arg-type]
+
+
+def test_a_page_whose_data_left_the_object_store_is_prepared_again() -> None:
+    class LosesOnce(LocalStages):
+        lost = False
+        prepared = 0
+
+        async def prepare(self, source: object, task: PageTask) -> PreparedPage:
+            self.prepared += 1
+            return await super().prepare(source, task)
+
+        async def postprocess(
+            self, page: PreparedPage, generation: PageGeneration, task: PageTask
+        ) -> PageResult:
+            if not self.lost:
+                self.lost = True
+                raise PageDataLostError("gone (ReferenceCountingAssertionError)")
+            return await super().postprocess(page, generation, task)
+
+    base = stages()
+    loses = LosesOnce(base._pre, base._rec, base._post, max_pages=10)  # type: ignore[attr-defined]
+    reports = run(OCRPipeline(loses, pages_in_flight=1), text_pdf(2), OCROptions(mode=TINY))
+    assert [type(r.outcome) for r in reports] == [PageResult, PageResult]
+    assert loses.prepared == 3  # page 1 twice
