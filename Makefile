@@ -52,6 +52,7 @@ bench: setup
 	$(PY) -m bench.tiling
 	$(PY) -m bench.serve
 	$(PY) -m bench.memory
+	$(PY) -m bench.load
 
 # Starts two real engines in turn (several minutes on a 2-core machine).
 bench-engine: setup
