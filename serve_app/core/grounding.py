@@ -13,6 +13,7 @@ read as markup stays text, broken boxes are dropped, and each repair is listed i
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -249,3 +250,40 @@ class _Parser:
         elif self.state == "det":
             self._end_unclosed_det()
         self._flush_block()
+
+
+def box_to_999(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> Box:
+    """The 0..999 box whose pixel box (:meth:`Box.to_pixels`) contains the pixel box given:
+    the grounding grammar for an engine that finds boxes in pixels.
+
+    >>> box_to_999(100, 50, 300.5, 80, 1000, 500)
+    Box(x1=99, y1=99, x2=301, y2=160)
+    >>> box_to_999(100, 50, 300.5, 80, 1000, 500).to_pixels(1000, 500)
+    Box(x1=99, y1=49, x2=301, y2=80)
+    """
+
+    def low(v: float, size: int) -> int:
+        return min(max(math.floor(v) * COORD_MAX // size, 0), COORD_MAX - 1)
+
+    def high(v: float, size: int) -> int:
+        return min(max(-(-math.ceil(v) * COORD_MAX // size), 1), COORD_MAX)
+
+    bx1, by1 = low(x1, width), low(y1, height)
+    bx2, by2 = max(high(x2, width), bx1 + 1), max(high(y2, height), by1 + 1)
+    return Box(bx1, by1, bx2, by2)
+
+
+def grounded_lines(lines: list[tuple[Box, str]]) -> str:
+    """Text lines with their 0..999 boxes in DeepSeek-OCR's grounding grammar, one per line:
+    ``<|ref|>text<|/ref|><|det|>[[x1, y1, x2, y2]]<|/det|>``. Markup inside a text is dropped.
+
+    >>> grounded_lines([(Box(1, 2, 30, 40), "Total: 12")])
+    '<|ref|>Total: 12<|/ref|><|det|>[[1, 2, 30, 40]]<|/det|>\\n'
+    """
+    out = []
+    for box, text in lines:
+        clean = text
+        for tag in (REF_OPEN, REF_CLOSE, DET_OPEN, DET_CLOSE):
+            clean = clean.replace(tag, "")
+        out.append(f"{REF_OPEN}{clean.strip()}{REF_CLOSE}{DET_OPEN}[{box.as_list()}]{DET_CLOSE}\n")
+    return "".join(out)

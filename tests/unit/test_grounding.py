@@ -171,3 +171,32 @@ def test_published_outputs_specifics(require_shared_samples: None) -> None:
     assert [b.label for b in by_number["12"].blocks][:2] == ["text", "sub_title"]
     assert [b.label for b in by_number["18"].blocks] == ["一段接一段", "越过高峰", "另一峰却又见"]
     assert by_number["05"].blocks[-1].label == "equation"
+
+
+def test_pixel_boxes_map_to_999_boxes_that_contain_them_tightly() -> None:
+    import random
+
+    from serve_app.core.grounding import box_to_999
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        width, height = rng.randint(20, 5000), rng.randint(20, 5000)
+        x1, y1 = rng.uniform(0, width - 2), rng.uniform(0, height - 2)
+        x2, y2 = rng.uniform(x1 + 1, width), rng.uniform(y1 + 1, height)
+        back = box_to_999(x1, y1, x2, y2, width, height).to_pixels(width, height)
+        assert back.x1 <= x1 and back.y1 <= y1 and back.x2 >= x2 and back.y2 >= y2
+        slack_x, slack_y = width / 999 + 2, height / 999 + 2
+        assert x1 - back.x1 <= slack_x and back.x2 - x2 <= slack_x
+        assert y1 - back.y1 <= slack_y and back.y2 - y2 <= slack_y
+
+
+def test_grounded_lines_parse_back_to_their_text_and_boxes() -> None:
+    from serve_app.core.grounding import Box, grounded_lines, parse_grounded
+
+    lines = [(Box(10, 20, 500, 60), "Invoice 12345"), (Box(10, 80, 999, 120), "a <|ref|>b")]
+    parsed = parse_grounded(grounded_lines(lines))
+    assert parsed.problems == ()
+    assert [(r.label, r.boxes) for r in parsed.regions] == [
+        ("Invoice 12345", (Box(10, 20, 500, 60),)),
+        ("a b", (Box(10, 80, 999, 120),)),
+    ]
