@@ -18,12 +18,8 @@ from deployments.postprocess import PostprocessDeployment
 from deployments.preprocess import PreprocessDeployment
 from serve_app.config import AppConfig
 
-DEPLOYMENT_NAMES = (
-    "OCRIngress",
-    "PreprocessDeployment",
-    "EngineDeployment",
-    "PostprocessDeployment",
-)
+GRAPH: tuple[Any, ...] = (OCRIngress, PreprocessDeployment, EngineDeployment, PostprocessDeployment)
+DEPLOYMENT_NAMES = tuple(deployment.name for deployment in GRAPH)
 
 
 def build_app(args: AppConfig | dict[str, Any]) -> Application:
@@ -45,10 +41,10 @@ def build_graph(
     ``serve_config.yaml`` sets, for tests and benchmarks that start the graph from Python.
     """
     options = options or {}
-    graph: list[Any] = [OCRIngress, PreprocessDeployment, EngineDeployment, PostprocessDeployment]
-    names = {deployment.name for deployment in graph}
-    if unknown := set(options) - names:
-        raise ValueError(f"no deployment named {sorted(unknown)}; the graph has {sorted(names)}")
+    if unknown := set(options) - set(DEPLOYMENT_NAMES):
+        raise ValueError(
+            f"no deployment named {sorted(unknown)}; the graph has {sorted(DEPLOYMENT_NAMES)}"
+        )
 
     def configured(deployment: Any) -> Any:
         chosen = options.get(deployment.name)

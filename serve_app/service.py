@@ -72,6 +72,13 @@ class Run:
     async def collect(self) -> list[PageReport]:
         return [report async for report in self.reports()]
 
+    def failure(self, reports: list[PageReport]) -> OCRError | None:
+        """The request's error when none of its pages succeeded (the log line records it)."""
+        failed = document_failure(reports)
+        if failed is not None:
+            note(self.state, outcome=failed.code)
+        return failed
+
 
 class OCRService:
     """The OCR and chat routes' work over the given stages."""
@@ -104,8 +111,7 @@ class OCRService:
         if params.stream:
             return StreamingResponse(ndjson_lines(run), media_type="application/x-ndjson")
         reports = await run.collect()
-        if failed := document_failure(reports):
-            note(run.state, outcome=failed.code)
+        if failed := run.failure(reports):
             body = document_json(run.request_id, run.model, run.info, reports, options)
             return error_response(failed, details=body)
         if params.format == "zip":
@@ -120,8 +126,7 @@ class OCRService:
         if chat.stream:
             return StreamingResponse(sse_events(run), media_type="text/event-stream")
         reports = await run.collect()
-        if failed := document_failure(reports):
-            note(run.state, outcome=failed.code)
+        if failed := run.failure(reports):
             return error_response(failed)
         return JSONResponse(chat_response(run, reports))
 
