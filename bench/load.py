@@ -139,11 +139,12 @@ def main() -> int:
 
     # Small queues and a short deadline, so the overload shows as refusals within the run.
     config = AppConfig.model_validate(
-        {"engine": {"kind": "fake", "fake": {"first_token_latency_s": args.page_latency}},
+        {"models": {"deepseek-ocr": {"kind": "fake",
+                                     "fake": {"first_token_latency_s": args.page_latency}}},
          "ingress": {"max_working_requests": 16, "max_waiting_requests": 32,
                      "request_timeout_s": 20}}
     )  # fmt: skip
-    url = start_app(config, name="load", options=deployed_options())
+    url = start_app(config, name="load", options=deployed_options(config))
     items = inputs(seed=1)
     memory = [replica_memory("load")]
     capacity = asyncio.run(probe(url, items, seconds=15))

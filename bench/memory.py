@@ -83,7 +83,7 @@ def main() -> None:
     from serve_app.testing.serve import start_app
 
     config = AppConfig.model_validate({"ingress": {"max_pages": 600, "pages_in_flight": 8},
-                                       "engine": {"kind": "fake"}})  # fmt: skip
+                                       "models": {"deepseek-ocr": {"kind": "fake"}}})  # fmt: skip
     url = start_app(config, name="mem")
     pids = replica_pids("mem")
     print(f"replicas: {pids}")

@@ -92,15 +92,15 @@ def main() -> None:
     args = parser.parse_args()
 
     config = AppConfig.model_validate(
-        {"engine": {"kind": "fake", "fake": {"first_token_latency_s": args.latency,
-                                             "tokens_per_update": 1000}}}
+        {"models": {"deepseek-ocr": {"kind": "fake", "fake": {"first_token_latency_s": args.latency,
+                                             "tokens_per_update": 1000}}}}
     )  # fmt: skip
     png = a4_png(args.page)
     options = OCROptions(mode=get_mode("gundam"))
     rows: dict[str, tuple[float, list[float], float]] = {}
 
     async def baselines() -> None:
-        engine = FakeEngine(config.engine.fake, config.engine.sampling)
+        engine = FakeEngine(config.default_engine.fake, config.default_engine.sampling)
         await engine.start()
         image = prepare_image(to_model_rgb(decode_image(png)), get_mode("gundam"))
         prompt = build_prompt(Task.DOCUMENT)
@@ -111,7 +111,7 @@ def main() -> None:
         rows["engine called directly"] = await measure(direct, args.requests, args.concurrency)
         stages = LocalStages(
             Preprocessor(config.preprocess),
-            Recognizer(engine, config.engine),
+            Recognizer(engine, config.default_engine),
             Postprocessor(config.postprocess),
             max_pages=10,
         )
@@ -132,7 +132,7 @@ def main() -> None:
 
     # As serve_config.yaml deploys it (Serve's default of 5 requests per replica would queue
     # this run's requests in the proxy), with fixed replica counts.
-    deployments = deployed_options({"PreprocessDeployment": args.preprocess_replicas})
+    deployments = deployed_options(config, {"PreprocessDeployment": args.preprocess_replicas})
 
     async def over_http(url: str, row: str) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -150,7 +150,7 @@ def main() -> None:
     # The same graph with every span exported over OTLP/HTTP to a collector in this process.
     with Collector(keep=False) as collector:
         env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint}
-        url = start_app(config, name="bench", options=with_env(env, deployments))
+        url = start_app(config, name="bench", options=with_env(env, config, deployments))
         asyncio.run(over_http(url, TRACED))
         serve.shutdown()
         exported = collector.bytes_received
@@ -206,7 +206,7 @@ def ingress_bytes_per_page(png: bytes, options: OCROptions) -> tuple[int, int, i
     source = ray.put(png)
     task = PageTask("bench-bytes", 0, "image", options)
     page = handle("PreprocessDeployment").prepare.remote(source, task).result()
-    generation = handle("EngineDeployment").recognize.remote(page, task).result()
+    generation = handle("EngineDeployment-deepseek-ocr").recognize.remote(page, task).result()
     result = handle("PostprocessDeployment").page.remote(page, generation.text, task).result()
     sent = [(source, task), (page, task), (page, generation.text, task)]
     received = [page, generation, result]

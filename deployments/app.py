@@ -16,14 +16,19 @@ from deployments.engine import EngineDeployment
 from deployments.ingress import OCRIngress
 from deployments.postprocess import PostprocessDeployment
 from deployments.preprocess import PreprocessDeployment
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, engine_deployment_name
 
-GRAPH: tuple[Any, ...] = (OCRIngress, PreprocessDeployment, EngineDeployment, PostprocessDeployment)
-DEPLOYMENT_NAMES = tuple(deployment.name for deployment in GRAPH)
+
+def deployment_names(args: AppConfig) -> tuple[str, ...]:
+    """The graph's deployments: ingress, preprocess, one engine deployment per model,
+    postprocess."""
+    engines = tuple(engine_deployment_name(model) for model in args.models)
+    return (OCRIngress.name, PreprocessDeployment.name, *engines, PostprocessDeployment.name)
 
 
 def build_app(args: AppConfig | dict[str, Any]) -> Application:
-    """Wire ingress -> preprocess -> engine -> postprocess from one typed config.
+    """Wire ingress -> preprocess -> the engine of each model -> postprocess from one typed
+    config.
 
     Raises:
         pydantic.ValidationError: For unknown or invalid keys in ``args``.
@@ -37,21 +42,25 @@ def build_graph(
     args: AppConfig, options: Mapping[str, Mapping[str, Any]] | None = None
 ) -> Application:
     """The graph of :func:`build_app`, with ``Deployment.options(...)`` per deployment name
-    (``{"EngineDeployment": {"num_replicas": 2}}``): what ``deployments:`` in
+    (``{"EngineDeployment-deepseek-ocr": {"num_replicas": 2}}``): what ``deployments:`` in
     ``serve_config.yaml`` sets, for tests and benchmarks that start the graph from Python.
     """
     options = options or {}
-    if unknown := set(options) - set(DEPLOYMENT_NAMES):
-        raise ValueError(
-            f"no deployment named {sorted(unknown)}; the graph has {sorted(DEPLOYMENT_NAMES)}"
-        )
+    names = deployment_names(args)
+    if unknown := set(options) - set(names):
+        raise ValueError(f"no deployment named {sorted(unknown)}; the graph has {sorted(names)}")
 
     def configured(deployment: Any) -> Any:
         chosen = options.get(deployment.name)
         return deployment.options(**chosen) if chosen else deployment
 
     preprocess = configured(PreprocessDeployment).bind(args.preprocess)
-    engine = configured(EngineDeployment).bind(args.engine)
+    engines = {
+        model: configured(EngineDeployment.options(name=engine_deployment_name(model))).bind(
+            model, engine
+        )
+        for model, engine in args.models.items()
+    }
     postprocess = configured(PostprocessDeployment).bind(args.postprocess)
     ingress = configured(OCRIngress)
-    return ingress.bind(args, preprocess, engine, postprocess)
+    return ingress.bind(args, preprocess, engines, postprocess)

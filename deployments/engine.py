@@ -1,4 +1,5 @@
-"""Engine deployment: one engine (vLLM AsyncLLM, or the fake) per replica."""
+"""Engine deployment: one engine (vLLM AsyncLLM, rapidocr or the fake) per replica; one such
+deployment per served model (``EngineDeployment-<model>``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ray import serve
 from deployments.page_data import page_data
 from deployments.telemetry import setup_replica
 from serve_app.config import EngineConfig
-from serve_app.core.tiling import PreparedImage
+from serve_app.core.tiling import EngineImage
 from serve_app.engine import make_engine
 from serve_app.engine.recognize import PageGeneration
 from serve_app.errors import EngineCrashedError
@@ -21,8 +22,9 @@ from serve_app.stages import Recognizer
 
 @serve.deployment
 class EngineDeployment:
-    async def __init__(self, config: EngineConfig) -> None:
+    async def __init__(self, model: str, config: EngineConfig) -> None:
         setup_replica("engine")
+        self.model = model
         engine = make_engine(config, serve.get_replica_context().rank.rank)
         await asyncio.wait_for(engine.start(), timeout=config.start_timeout_s)
         self._recognizer = Recognizer(engine, config)
@@ -31,7 +33,7 @@ class EngineDeployment:
     async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
         image = await page_data(page.image)
         try:
-            return await self._recognizer.recognize(cast(PreparedImage, image), task)
+            return await self._recognizer.recognize(cast(EngineImage, image), task)
         except EngineCrashedError as crash:
             # Name this replica: the ingress counts the distinct replicas a page crashed.
             crash.replica = crash.replica or self._replica_id

@@ -7,6 +7,7 @@ in the object store, and the engine and postprocess read them from there.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from ray.exceptions import RayActorError
@@ -25,11 +26,12 @@ class HandleStages:
     def __init__(
         self,
         pre: DeploymentHandle,
-        engine: DeploymentHandle,
+        engines: Mapping[str, DeploymentHandle],
         post: DeploymentHandle,
         max_pages: int,
     ) -> None:
-        self._pre, self._engine, self._post = pre, engine, post
+        """``engines``: each served model's engine deployment, by model id."""
+        self._pre, self._engines, self._post = pre, dict(engines), post
         self._max_pages = max_pages
 
     async def inspect(self, source: object, options: OCROptions) -> DocumentInfo:
@@ -40,7 +42,8 @@ class HandleStages:
 
     async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
         try:
-            return await _overload_safe(self._engine.recognize.remote(page, task))
+            engine = self._engines[task.options.model]
+            return await _overload_safe(engine.recognize.remote(page, task))
         except RayActorError as died:  # the replica's process died with the page in flight
             replica = died.actor_id if isinstance(died.actor_id, str) else None
             message = f"the engine replica died with the page in flight ({type(died).__name__})"

@@ -32,12 +32,12 @@ class OCRIngress:
         self,
         config: AppConfig,
         preprocess: DeploymentHandle,
-        engine: DeploymentHandle,
+        engines: dict[str, DeploymentHandle],
         postprocess: DeploymentHandle,
     ) -> None:
         setup_replica("ingress")
         ingress = config.ingress
-        stages = HandleStages(preprocess, engine, postprocess, ingress.max_pages)
+        stages = HandleStages(preprocess, engines, postprocess, ingress.max_pages)
         # The upload goes to the object store once; preprocess reads it for every page.
         self._app_name = serve.get_replica_context().app_name
         metrics = ServiceMetrics(RayRecorder(self._app_name))
@@ -45,21 +45,22 @@ class OCRIngress:
         self._admission = Admission(ingress.max_working_requests, ingress.max_waiting_requests)
         self._keys = ApiKeys(load_hashes(ingress.api_keys_file, ingress.api_keys_env))
         logger.info("API keys: %s", "required" if self._keys.enabled else "none (routes open)")
-        self._model_name = ingress.model_name
-        self._engine = engine
+        logger.info("Models: %s (default %s)", ", ".join(config.models), config.default_model_name)
+        self._engines = engines
         # serve.status() blocks on the controller: one thread, so stuck probes cannot pile up.
         self._status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-status")
         self._was_running = False
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self._service, self._admission, self._ready, self._model_name, self._keys)
+        return create_api(self._service, self._admission, self._ready, self._keys)
 
     async def _ready(self) -> None:
         """Every engine replica the application was deployed with has loaded.
 
         Serve reports the application RUNNING once each deployment has its target replicas,
         and an engine replica counts only when its constructor (the engine start) finished;
-        so this is the application's status, plus an engine replica answering within 2 s.
+        so this is the application's status, plus a replica of every model's engine
+        answering within 2 s.
         Once this replica has seen the application RUNNING it stays ready while an engine
         answers: replicas that autoscaling adds, or an in-place config update rolling the
         engines, do not take it out of a load balancer.
@@ -71,12 +72,17 @@ class OCRIngress:
             if not await self._application_running():
                 raise NotReadyError("the application is still deploying (engines loading)")
             self._was_running = True
-        try:
-            if await asyncio.wait_for(self._engine.ready.remote(), timeout=2.0):
-                return
-        except TimeoutError:
-            pass
-        raise NotReadyError("the engine is still loading")
+        asking = {name: engine.ready.remote() for name, engine in self._engines.items()}
+        loading = []
+        for name, answer in asking.items():
+            try:
+                if await asyncio.wait_for(answer, timeout=2.0):
+                    continue
+            except TimeoutError:
+                pass
+            loading.append(name)
+        if loading:
+            raise NotReadyError(f"the engine of {', '.join(loading)} is still loading")
 
     async def _application_running(self) -> bool:
         """Serve's status of this ingress's application is RUNNING (False if unknown in 2 s)."""

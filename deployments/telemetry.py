@@ -25,7 +25,8 @@ class RayRecorder:
     def record(self, metric: Metric, value: float, tags: Tags) -> None:
         instrument = self._instruments.get(metric.name) or self._create(metric)
         if metric.kind == "counter":
-            instrument.inc(value, tags=dict(tags))
+            if value > 0:  # Ray's Counter.inc raises on 0 (a page reader's prompt tokens)
+                instrument.inc(value, tags=dict(tags))
         elif metric.kind == "histogram":
             instrument.observe(value, tags=dict(tags))
         else:

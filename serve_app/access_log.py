@@ -82,7 +82,8 @@ def format_line(record: dict[str, Any]) -> str:
     ...              "outcome": "not_ready", "seconds": 0.0123})
     'request_id=r1 method=GET route=/ready status=503 outcome=not_ready seconds=0.012'
     """
-    keys = ("request_id", "method", "route", "status", "outcome", "pages", "pages_failed")
+    keys = ("request_id", "method", "route", "status", "model", "outcome", "pages",
+            "pages_failed")  # fmt: skip
     parts = [f"{k}={record[k]}" for k in keys if record.get(k) is not None]
     parts += [f"{stage}={record[stage]:.3f}" for stage in STAGES if stage in record]
     parts.append(f"seconds={record.get('seconds', 0.0):.3f}")
@@ -166,6 +167,7 @@ async def logged_pages(
     scope_state: MutableMapping[str, Any],
     metrics: ServiceMetrics,
     mode: str,
+    model: str = "",
 ) -> AsyncIterator[PageReport]:
     """Pass page reports through, counting pages, failures and stage seconds for the log, and
     each page in the metrics."""
@@ -177,6 +179,6 @@ async def logged_pages(
         if isinstance(report.outcome, PageFailure):
             record["pages_failed"] += 1
         add_stage_seconds(scope_state, report.timings)
-        metrics.page(report, mode)
+        metrics.page(report, mode, model)
         yield report
     record["outcome"] = "partial" if record["pages_failed"] else "ok"

@@ -27,7 +27,6 @@ def create_api(
     service: OCRService,
     admission: Admission,
     ready: Callable[[], Awaitable[None]],
-    model_name: str,
     keys: ApiKeys | None = None,
 ) -> FastAPI:
     """The app. ``ready`` raises :class:`~serve_app.errors.NotReadyError` until the engines
@@ -71,14 +70,14 @@ def create_api(
 
     @api.get("/v1/models")
     async def models() -> dict[str, Any]:
-        model = {"id": model_name, "object": "model", "owned_by": "deepseek-ai"}
-        return {"object": "list", "data": [model]}
+        """The models served; requests name one as ``model`` (the first is the default)."""
+        return {"object": "list", "data": service.models()}
 
     @api.post("/v1/ocr", openapi_extra={"requestBody": ocr_request_body_schema()})
     async def ocr(request: Request) -> Response:
         """OCR an image or PDF: multipart upload, JSON with base64 / data URL, or a raw body.
 
-        Options (form fields, JSON fields or query parameters): task, mode, max_crops, text,
+        Options (form fields, JSON fields or query parameters): model, task, mode, max_crops, text,
         pages, dpi, include_regions, include_figures, include_annotated, format (json|zip),
         stream (one JSON line per page), max_tokens, temperature.
         """

@@ -115,6 +115,7 @@ def last_user_content(request: ChatRequest) -> tuple[bytes | str, str]:
 def chat_fields(request: ChatRequest, text: str) -> RequestFields:
     """The request's fields: ``task`` wins; otherwise the user text is the prompt."""
     return RequestFields(
+        model=request.model,
         task=request.task,
         prompt=text or None,
         mode=request.mode,

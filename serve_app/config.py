@@ -6,11 +6,13 @@ Every model is frozen and rejects unknown keys, so a misspelled setting in
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app.core.modes import ModelFamily, max_image_tokens
+from serve_app.core.prompts import Task
 
 # Room beside the largest page in one CPU engine step: its prompt text and a few decodes.
 CPU_STEP_TEXT_TOKENS = 256
@@ -77,11 +79,36 @@ class FakeEngineConfig(_Config):
     )
 
 
-class EngineConfig(_Config):
-    """The engine deployment: which model, which engine, how vLLM is set up."""
+class RapidOCRConfig(_Config):
+    """The CPU OCR engine (``kind: rapidocr``): PP-OCR models shipped in the rapidocr wheel."""
 
-    kind: Literal["vllm", "fake"] = Field(
-        "vllm", description="'fake' gives scripted output without a model (tests, demos)."
+    threads: int = Field(2, ge=1, description="onnxruntime threads per page.")
+    pages_at_once: int = Field(
+        1, ge=1, description="Pages one replica reads concurrently (each uses `threads`)."
+    )
+    max_side: int = Field(
+        1600, ge=320,
+        description="Longest side the text detector sees; larger pages are scaled down for "
+        "detection only (recognition reads the full-resolution line crops).",
+    )  # fmt: skip
+    min_score: float = Field(
+        0.5, ge=0.0, le=1.0, description="Recognised lines below this confidence are dropped."
+    )
+
+
+# Tasks per engine kind; ``None`` (a free-form prompt) only where a language model reads it.
+PIXEL_ENGINE_TASKS = frozenset({Task.DOCUMENT, Task.OCR, Task.FREE, Task.LOCATE})
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class EngineConfig(_Config):
+    """One model's engine deployment: which engine, which checkpoint, how vLLM is set up."""
+
+    kind: Literal["vllm", "rapidocr", "fake"] = Field(
+        "vllm",
+        description="'vllm': DeepSeek-OCR on vLLM; 'rapidocr': a CPU OCR engine (PP-OCR, "
+        "weights in its wheel) that reads text lines, no layout or figures; 'fake': scripted "
+        "output without a model (tests, demos).",
     )
     model: str = Field(
         "tiny",
@@ -145,6 +172,20 @@ class EngineConfig(_Config):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     fake: FakeEngineConfig = Field(default_factory=FakeEngineConfig)
+    rapidocr: RapidOCRConfig = Field(default_factory=RapidOCRConfig)
+
+    @property
+    def reads(self) -> Literal["views", "page"]:
+        """What preprocess makes for this engine: DeepSeek's tiled views, or the oriented
+        page's pixels (an engine that finds text at its own resolution)."""
+        return "page" if self.kind == "rapidocr" else "views"
+
+    @property
+    def tasks(self) -> frozenset[Task | None]:
+        """The tasks this engine can do; ``None`` stands for a free-form prompt."""
+        if self.kind == "rapidocr":
+            return frozenset(PIXEL_ENGINE_TASKS)
+        return frozenset({*Task, None})
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:
@@ -250,7 +291,6 @@ class IngressConfig(_Config):
         256, ge=0,
         description="Requests waiting for a turn per replica; beyond them the answer is 429.",
     )  # fmt: skip
-    model_name: str = Field("deepseek-ocr", description="Model id shown by /v1/models.")
     crash_retries: int = Field(
         3,
         ge=0,
@@ -275,10 +315,48 @@ class IngressConfig(_Config):
     )
 
 
+def _one_model() -> dict[str, EngineConfig]:
+    return {"deepseek-ocr": EngineConfig()}
+
+
 class AppConfig(_Config):
     """The whole application: ``serve_config.yaml`` ``args:`` validate against this."""
 
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
+    models: dict[str, EngineConfig] = Field(
+        default_factory=_one_model,
+        min_length=1,
+        description="The models served, by the id clients send as `model`; each has its own "
+        "engine deployment, EngineDeployment-<id>, scaled on its own.",
+    )
+    default_model: str | None = Field(
+        None, description="The model of requests that name none; default: the first listed."
+    )
+
+    @model_validator(mode="after")
+    def _check_models(self) -> AppConfig:
+        for name in self.models:
+            if not MODEL_NAME_RE.match(name):
+                raise ValueError(
+                    f"model id {name!r}: use letters, digits, '.', '_' or '-' (at most 64), "
+                    "starting with a letter or digit"
+                )
+        if self.default_model is not None and self.default_model not in self.models:
+            served = ", ".join(self.models)
+            raise ValueError(f"default_model {self.default_model!r} is not among models: {served}")
+        return self
+
+    @property
+    def default_model_name(self) -> str:
+        return self.default_model or next(iter(self.models))
+
+    @property
+    def default_engine(self) -> EngineConfig:
+        return self.models[self.default_model_name]
+
+
+def engine_deployment_name(model: str) -> str:
+    """The Serve deployment of a model's engines (``deployments:`` in serve_config.yaml)."""
+    return f"EngineDeployment-{model}"

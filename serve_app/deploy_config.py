@@ -9,7 +9,9 @@ carries the merged config as the RayService's ``serveConfigV2``:
 
 Overrides are a merge patch (RFC 7386): mappings merge, ``null`` deletes, anything else replaces.
 ``applications`` and ``deployments`` are lists in the Serve config; in overrides they are
-mappings keyed by ``name``, and naming one that does not exist is an error.
+mappings keyed by ``name``, and a name that does not exist adds an item. The merged config must
+name exactly the deployments its application's graph has (one engine deployment per model), so
+a misspelled name is an error.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ Path_ = tuple[str, ...]
 
 
 class OverrideError(ValueError):
-    """An override names an application or deployment the Serve config does not have."""
+    """An override leaves the config with deployments its application does not have, or
+    without ones it has."""
 
 
 def merge(config: Any, patch: Any, path: Path_ = ()) -> Any:
@@ -62,16 +65,38 @@ def _merge_named(items: list[Any], patch: Any, path: Path_) -> list[Any]:
     if not isinstance(patch, Mapping):
         raise OverrideError(f"{'.'.join(path)}: give a mapping keyed by name, not {patch!r}")
     by_name = {item["name"]: item for item in items}
-    unknown = sorted(set(patch) - set(by_name))
-    if unknown:
-        raise OverrideError(
-            f"{'.'.join(path)}: no item named {', '.join(unknown)} (have {', '.join(by_name)})"
-        )
-    return [
+    merged = [
         merge(item, patch[item["name"]], (*path, item["name"])) if item["name"] in patch else item
         for item in items
         if not (item["name"] in patch and patch[item["name"]] is None)
     ]
+    added = [
+        {"name": name, **merge({}, value, (*path, name))}
+        for name, value in patch.items()
+        if name not in by_name and value is not None
+    ]
+    return merged + added
+
+
+def check_graph(config: Mapping[str, Any]) -> None:
+    """Every application names exactly the deployments its graph has.
+
+    Raises:
+        OverrideError: Naming the deployments that are extra (a misspelling) or missing.
+    """
+    from deployments.app import deployment_names
+    from serve_app.config import AppConfig
+
+    for app in config.get("applications", []):
+        graph = deployment_names(AppConfig.model_validate(app.get("args") or {}))
+        named = [d["name"] for d in app.get("deployments", [])]
+        extra, missing = sorted(set(named) - set(graph)), sorted(set(graph) - set(named))
+        if extra or missing:
+            raise OverrideError(
+                f"application {app.get('name')}: deployments not in its graph: "
+                f"{', '.join(extra) or 'none'}; missing: {', '.join(missing) or 'none'} "
+                f"(the graph has {', '.join(graph)})"
+            )
 
 
 def _keyed(value: Any) -> Any:
@@ -81,7 +106,10 @@ def _keyed(value: Any) -> Any:
     keyed = {}
     for key, item in value.items():
         if key in _NAMED_LISTS and isinstance(item, list):
-            keyed[key] = {entry["name"]: _keyed(entry) for entry in item}
+            keyed[key] = {
+                entry["name"]: _keyed({k: v for k, v in entry.items() if k != "name"})
+                for entry in item
+            }
         else:
             keyed[key] = _keyed(item)
     return keyed
@@ -90,14 +118,17 @@ def _keyed(value: Any) -> Any:
 def diff_paths(before: Any, after: Any) -> set[Path_]:
     """The paths whose value differs between two configs (added, removed or changed).
 
-    A mapping that is added or removed counts as one path, as does any non-mapping value."""
+    A removed mapping counts as one path, an added one as its leaves (as an override that adds
+    it spells them out), as does any non-mapping value."""
 
     def walk(a: Any, b: Any, path: Path_) -> set[Path_]:
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             changed: set[Path_] = set()
             for key in a.keys() | b.keys():
-                if key not in a or key not in b:
+                if key not in b:
                     changed.add((*path, str(key)))
+                elif key not in a:
+                    changed |= override_paths(b[key], (*path, str(key)))
                 else:
                     changed |= walk(a[key], b[key], (*path, str(key)))
             return changed
@@ -106,15 +137,11 @@ def diff_paths(before: Any, after: Any) -> set[Path_]:
     return walk(_keyed(before), _keyed(after), ())
 
 
-def override_paths(overrides: Any) -> set[Path_]:
-    """The paths an overrides document sets or deletes (its leaves)."""
-
-    def walk(value: Any, path: Path_) -> set[Path_]:
-        if isinstance(value, Mapping) and value:
-            return set().union(*(walk(v, (*path, str(k))) for k, v in value.items()))
-        return {path}
-
-    return walk(overrides, ())
+def override_paths(overrides: Any, path: Path_ = ()) -> set[Path_]:
+    """The paths an overrides document sets or deletes (its leaves), under ``path``."""
+    if isinstance(overrides, Mapping) and overrides:
+        return set().union(*(override_paths(v, (*path, str(k))) for k, v in overrides.items()))
+    return {path}
 
 
 def unknown_serve_keys(config: Mapping[str, Any]) -> list[str]:
@@ -160,8 +187,13 @@ def load_yaml(path: Path) -> Any:
 
 
 def overlay_config(overlay: Path, base: Path = SERVE_CONFIG) -> dict[str, Any]:
-    """The Serve config an overlay deploys: ``serve_config.yaml`` with its overrides."""
+    """The Serve config an overlay deploys: ``serve_config.yaml`` with its overrides.
+
+    Raises:
+        OverrideError: If its deployments do not match its application's graph.
+    """
     config: dict[str, Any] = merge(load_yaml(base), load_yaml(overlay / OVERRIDES_FILE))
+    check_graph(config)
     return config
 
 

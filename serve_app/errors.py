@@ -154,6 +154,20 @@ class PageDataLostError(ServerError):
     retry_after_s = 5
 
 
+class ModelNotFoundError(ClientError):
+    """The request names a model this service does not serve (OpenAI's 404 shape)."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class TaskNotSupportedError(ClientError):
+    """The chosen model cannot do the task asked of it; the message names models that can."""
+
+    status_code = 422
+    code = "task_not_supported"
+
+
 class PageQuarantinedError(ClientError):
     """The page crashed engines twice; it is not sent to an engine again for a while."""
 

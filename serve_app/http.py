@@ -22,6 +22,7 @@ class OCRParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    model: str | None = Field(None, description="The model to read with (see /v1/models)")
     task: str | None = Field(
         None, description="document (default), ocr, free, figure, describe, locate"
     )
@@ -42,6 +43,7 @@ class OCRParams(BaseModel):
         """The request's fields for :func:`serve_app.resolve.resolve_options`; a ZIP always
         carries figure crops and annotated pages."""
         return RequestFields(
+            model=self.model,
             task=self.task,
             text=self.text,
             mode=self.mode,

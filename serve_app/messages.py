@@ -14,7 +14,7 @@ from typing import Literal
 
 from serve_app.core.modes import Mode, get_mode
 from serve_app.core.prompts import Task, build_prompt
-from serve_app.core.tiling import PreparedImage
+from serve_app.core.tiling import EngineImage, PageImage
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,11 @@ class OCROptions:
         return_tokens: Return each page's token ids and logprobs (tests, evaluation).
     """
 
+    model: str = "deepseek-ocr"
+    reads: Literal["views", "page"] = "views"
     mode: Mode = field(default_factory=lambda: get_mode("gundam"))
+    task: Task | None = Task.DOCUMENT
+    text: str | None = None
     prompt: str = field(default_factory=lambda: build_prompt(Task.DOCUMENT))
     labels_are_text: bool = False
     pages: str | None = None
@@ -45,6 +49,13 @@ class OCROptions:
     def needs_page_image(self) -> bool:
         return self.include_figures or self.include_annotated
 
+    @property
+    def mode_label(self) -> str:
+        """The mode as responses, logs and metrics name it (``page`` for a page reader)."""
+        return PAGE_MODE if self.reads == "page" else self.mode.name.value
+
+
+PAGE_MODE = "page"
 
 DocumentKind = Literal["pdf", "image"]
 
@@ -97,7 +108,8 @@ class PreparedPage:
     """A prepared page: its header, and its bulk inline or as object-store references.
 
     Attributes:
-        image: The engine's views: a :class:`PreparedImage`, or a reference to one.
+        image: What the engine reads (:class:`PreparedImage` views or a
+            :class:`PageImage`), or a reference to it.
         pixels: The oriented RGB page (``HxWx3`` uint8) or a reference to it, when
             postprocess needs it (figures, annotated pages); else ``None``.
     """
@@ -107,7 +119,9 @@ class PreparedPage:
     pixels: object | None
 
 
-def page_header(number: int, image: PreparedImage, seconds: float) -> PageHeader:
+def page_header(number: int, image: EngineImage, seconds: float) -> PageHeader:
+    if isinstance(image, PageImage):
+        return PageHeader(number, image.width, image.height, PAGE_MODE, (1, 1), 0, seconds)
     return PageHeader(
         number=number,
         width=image.width,

@@ -10,14 +10,23 @@ or FastAPI.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
 
 from serve_app.config import AppConfig
 from serve_app.core.modes import ModelFamily, get_mode
 from serve_app.core.pdf import page_spans
-from serve_app.core.prompts import Task, build_prompt, custom_prompt, parse_task
-from serve_app.errors import InvalidInputError, InvalidPageRangeError
+from serve_app.core.prompts import Task, build_prompt, custom_prompt, parse_task, task_of_prompt
+from serve_app.errors import (
+    InvalidInputError,
+    InvalidPageRangeError,
+    ModelNotFoundError,
+    TaskNotSupportedError,
+)
 from serve_app.messages import OCROptions
+
+EVERY_TASK: frozenset[Task | None] = frozenset({*Task, None})
 
 
 @dataclass(frozen=True)
@@ -25,11 +34,13 @@ class RequestFields:
     """What a client asked for, as sent; ``None`` takes the default.
 
     Attributes:
+        model: The served model's id; ``None`` takes the service's default.
         task: ``document``, ``ocr``, ``free``, ``figure``, ``describe`` or ``locate``.
         text: The phrase to find (``locate`` only).
         prompt: A free-form instruction instead of a task (the chat route's user text).
     """
 
+    model: str | None = None
     task: str | None = None
     text: str | None = None
     prompt: str | None = None
@@ -46,8 +57,16 @@ class RequestFields:
 
 @dataclass(frozen=True)
 class Limits:
-    """What the deployment allows (from ``AppConfig``)."""
+    """What the deployment allows one model's requests (from ``AppConfig``).
 
+    Attributes:
+        reads: What the model's engine needs from preprocess (``views`` or ``page``).
+        tasks: The tasks it can do; ``None`` stands for a free-form prompt.
+    """
+
+    model: str = "deepseek-ocr"
+    reads: Literal["views", "page"] = "views"
+    tasks: frozenset[Task | None] = field(default=EVERY_TASK)
     family: ModelFamily = ModelFamily.OCR1
     default_mode: str = "gundam"
     default_dpi: int = 144
@@ -55,29 +74,70 @@ class Limits:
     max_model_len: int = 8192
 
 
-def door_limits(config: AppConfig) -> Limits:
-    """The limits ``config`` sets for requests."""
-    return Limits(
-        family=config.engine.family,
-        default_mode=config.preprocess.default_mode,
-        default_dpi=config.preprocess.default_dpi,
-        max_dpi=config.preprocess.max_dpi,
-        max_model_len=config.engine.max_model_len,
-    )
+def door_limits(config: AppConfig) -> dict[str, Limits]:
+    """The limits ``config`` sets for requests, by model."""
+    return {
+        name: Limits(
+            model=name,
+            reads=engine.reads,
+            tasks=engine.tasks,
+            family=engine.family,
+            default_mode=config.preprocess.default_mode,
+            default_dpi=config.preprocess.default_dpi,
+            max_dpi=config.preprocess.max_dpi,
+            max_model_len=engine.max_model_len,
+        )
+        for name, engine in config.models.items()
+    }
 
 
-def resolve_options(fields: RequestFields, limits: Limits) -> OCROptions:
-    """The stages' options for ``fields``.
+class Door:
+    """Resolves a request's fields for the model it names (or the default model)."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self.models = door_limits(config)
+        self.default = config.default_model_name
+
+    def resolve(self, fields: RequestFields) -> OCROptions:
+        """The stages' options for ``fields``.
+
+        Raises:
+            ModelNotFoundError: For a model this service does not serve (404).
+            TaskNotSupportedError: For a task the model cannot do (422, naming models that
+                can).
+            ClientError: As :func:`resolve_options`.
+        """
+        name = fields.model or self.default
+        limits = self.models.get(name)
+        if limits is None:
+            raise ModelNotFoundError(
+                f"the model {name!r} does not exist; this service serves: {', '.join(self.models)}",
+                param="model",
+            )
+        return resolve_options(fields, limits, self.models)
+
+
+def resolve_options(
+    fields: RequestFields, limits: Limits, models: Mapping[str, Limits] | None = None
+) -> OCROptions:
+    """The stages' options for ``fields``, read by the model of ``limits`` (``models``: all
+    served models, named in the error for a task this one cannot do).
 
     Raises:
+        TaskNotSupportedError: For a task the model cannot do.
         InvalidInputError: Naming the first field that is wrong (unknown task or mode,
             ``max_crops`` out of range, ``text`` missing for ``locate`` or given to another
             task, a prompt too long, dpi or ``max_tokens`` over the limit).
         InvalidPageRangeError: For a malformed page selection (its range against the
             document is checked when the document is opened, before any page is rendered).
     """
-    task = _task(fields)
-    prompt = _prompt(fields, task)
+    parsed = _task(fields)
+    prompt = _prompt(fields, parsed)
+    task: Task | None = parsed
+    if fields.prompt and not fields.task:
+        task = task_of_prompt(fields.prompt)  # DeepSeek-OCR's own prompt names its task
+    if task not in limits.tasks:
+        raise _unsupported(task, limits, models or {})
     mode_name = fields.mode or limits.default_mode
     try:
         mode = get_mode(mode_name, family=limits.family, max_crops=fields.max_crops)
@@ -98,9 +158,13 @@ def resolve_options(fields: RequestFields, limits: Limits) -> OCROptions:
             param="max_tokens",
         )
     return OCROptions(
+        model=limits.model,
+        reads=limits.reads,
         mode=mode,
+        task=task,
+        text=fields.text.strip() if task is Task.LOCATE and fields.text else None,
         prompt=prompt,
-        labels_are_text=task.labels_are_text,
+        labels_are_text=task.labels_are_text if task else False,
         pages=fields.pages,
         dpi=dpi,
         include_regions=fields.include_regions,
@@ -128,3 +192,16 @@ def _prompt(fields: RequestFields, task: Task) -> str:
     except ValueError as exc:
         param = "text" if fields.text is not None or task is Task.LOCATE else "prompt"
         raise InvalidInputError(str(exc), param=param) from None
+
+
+def _unsupported(
+    task: Task | None, limits: Limits, models: Mapping[str, Limits]
+) -> TaskNotSupportedError:
+    what = f"task {task.value!r}" if task else "a free-form prompt"
+    able = [name for name, other in models.items() if task in other.tasks]
+    can = ", ".join(t.value for t in Task if t in limits.tasks)
+    where = f"models that can: {', '.join(able)}" if able else "no model served here can"
+    return TaskNotSupportedError(
+        f"the model {limits.model!r} cannot do {what} (it can: {can}); {where}",
+        param="task" if task else "messages",
+    )

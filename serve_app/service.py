@@ -18,13 +18,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from serve_app.access_log import logged_pages, note, request_id_of
 from serve_app.chat import chat_fields, chat_response, read_chat_request, sse_events
 from serve_app.config import AppConfig, IngressConfig
+from serve_app.core.prompts import Task
 from serve_app.errors import EngineTimeoutError, OCRError
 from serve_app.fetch import FetchPolicy, UrlNotAllowedError, fetch_url
 from serve_app.http import error_response, read_ocr_request
 from serve_app.messages import DocumentInfo, OCROptions
 from serve_app.pipeline import FaultPolicy, OCRPipeline, PageReport, Stages
 from serve_app.quarantine import Quarantine, fingerprint
-from serve_app.resolve import door_limits, resolve_options
+from serve_app.resolve import Door, Limits
 from serve_app.responses import document_failure, document_json, ndjson_lines, zip_bundle
 from serve_app.telemetry.metrics import ServiceMetrics
 
@@ -35,6 +36,19 @@ def fetch_policy(config: IngressConfig) -> FetchPolicy | None:
     if not fetch.enabled:
         return None
     return FetchPolicy(max_bytes=config.max_upload_bytes, **fetch.model_dump(exclude={"enabled"}))
+
+
+def model_card(limits: Limits) -> dict[str, Any]:
+    """One model as ``/v1/models`` lists it (OpenAI's fields, then ours)."""
+    return {
+        "id": limits.model,
+        "object": "model",
+        "created": 0,
+        "owned_by": "deepseek-ocr-serve",
+        "tasks": [task.value for task in Task if task in limits.tasks],
+        "free_form_prompts": None in limits.tasks,
+        "modes": limits.reads == "views",
+    }
 
 
 def deadline_error(timeout_s: float) -> EngineTimeoutError:
@@ -92,7 +106,7 @@ class OCRService:
     ) -> None:
         """``store`` keeps the upload where the stages read it (``ray.put`` in Serve)."""
         self._config = config.ingress
-        self._limits = door_limits(config)
+        self.door = Door(config)
         self.metrics = metrics or ServiceMetrics()
         ingress = config.ingress
         faults = FaultPolicy(
@@ -104,9 +118,14 @@ class OCRService:
         self._fetch_policy = fetch_policy(ingress)
         self._store = store
 
+    def models(self) -> list[dict[str, Any]]:
+        """``/v1/models`` entries, the default model first, each with the tasks it can do."""
+        names = sorted(self.door.models, key=lambda name: name != self.door.default)
+        return [model_card(self.door.models[name]) for name in names]
+
     async def ocr(self, request: Request) -> Response:
         data, params = await read_ocr_request(request, self._config, self._fetch)
-        options = resolve_options(params.fields(), self._limits)
+        options = self.door.resolve(params.fields())
         run = await self._start(request, "ocr", data, options)
         if params.stream:
             return StreamingResponse(ndjson_lines(run), media_type="application/x-ndjson")
@@ -121,7 +140,7 @@ class OCRService:
 
     async def chat(self, request: Request) -> Response:
         chat, data, text = await read_chat_request(request, self._config, self._fetch)
-        options = resolve_options(chat_fields(chat, text), self._limits)
+        options = self.door.resolve(chat_fields(chat, text))
         run = await self._start(request, "chatcmpl", data, options)
         if chat.stream:
             return StreamingResponse(sse_events(run), media_type="text/event-stream")
@@ -139,13 +158,14 @@ class OCRService:
         """Open the document (and decode a single image) within the request's deadline."""
         state = request.scope.setdefault("state", {})
         request_id = f"{prefix}-{request_id_of(state)}"
-        note(state, request_id=request_id)
+        note(state, request_id=request_id, model=options.model)
         loop = asyncio.get_running_loop()
         arrived = state.get("arrived", loop.time())  # set by admission, else now
         deadline = arrived + self._config.request_timeout_s
-        upload_id = await asyncio.to_thread(fingerprint, data) if len(data) > 2**20 else (
+        upload = await asyncio.to_thread(fingerprint, data) if len(data) > 2**20 else (
             fingerprint(data)
         )  # fmt: skip
+        upload_id = f"{options.model}:{upload}"  # a page that crashes one model may suit another
         try:
             async with asyncio.timeout_at(deadline):
                 source = self._store(data)
@@ -155,10 +175,10 @@ class OCRService:
         note(state, kind=info.kind)
         return Run(
             request_id=request_id,
-            model=self._config.model_name,
+            model=options.model,
             info=info,
             options=options,
-            pages=logged_pages(pages, state, self.metrics, options.mode.name.value),
+            pages=logged_pages(pages, state, self.metrics, options.mode_label, options.model),
             deadline=deadline,
             timeout_s=self._config.request_timeout_s,
             state=state,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image
@@ -16,7 +17,7 @@ from serve_app.config import EngineConfig, PostprocessConfig, PreprocessConfig
 from serve_app.core.document import PageResult, postprocess_page
 from serve_app.core.images import decode_image, open_image, to_model_rgb
 from serve_app.core.pdf import looks_like_pdf, open_pdf
-from serve_app.core.tiling import PreparedImage, prepare_image
+from serve_app.core.tiling import EngineImage, PageImage, prepare_image
 from serve_app.engine.protocol import GenerateRequest, OCREngine
 from serve_app.engine.recognize import PageGeneration, recognize
 from serve_app.errors import InvalidPageRangeError
@@ -58,8 +59,9 @@ class Preprocessor:
 
     def prepare(
         self, source: bytes, task: PageTask
-    ) -> tuple[PageHeader, PreparedImage, np.ndarray | None]:
-        """Render or decode one page and tile it for the engine."""
+    ) -> tuple[PageHeader, EngineImage, np.ndarray | None]:
+        """Render or decode one page, orient it and make what the request's engine reads:
+        DeepSeek's views in the request's mode, or the page's pixels."""
         start = time.perf_counter()
         self.pages_prepared += 1
         options = task.options
@@ -74,8 +76,13 @@ class Preprocessor:
                 image = decode_image(source, max_pixels=self._config.max_image_pixels)
             decoded = time.perf_counter()
             rgb = to_model_rgb(image)
-            prepared = prepare_image(rgb, options.mode)
-            pixels = np.asarray(rgb) if options.needs_page_image else None
+            prepared: EngineImage
+            if options.reads == "page":
+                prepared = PageImage(np.asarray(rgb))
+                pixels = prepared.pixels if options.needs_page_image else None
+            else:
+                prepared = prepare_image(rgb, options.mode)
+                pixels = np.asarray(rgb) if options.needs_page_image else None
             header = page_header(task.number, prepared, time.perf_counter() - start)
             tracing.set_attributes(span, {
                 "ocr.render_s" if task.kind == "pdf" else "ocr.decode_s": decoded - start,
@@ -97,16 +104,20 @@ class Recognizer:
         self._config = config
         self.pages_recognized = 0
 
-    async def recognize(self, image: PreparedImage, task: PageTask) -> PageGeneration:
+    async def recognize(self, image: EngineImage, task: PageTask) -> PageGeneration:
         """One page to completion; its token ids and logprobs only if the request asked."""
         self.pages_recognized += 1
         options = task.options
-        attributes = {"ocr.page": task.number, "ocr.image_tokens": image.num_image_tokens}
+        tokens = 0 if isinstance(image, PageImage) else image.num_image_tokens
+        attributes = {"ocr.page": task.number, "ocr.model": options.model,
+                      "ocr.image_tokens": tokens}  # fmt: skip
         with tracing.span("engine", task.trace, attributes) as span:
             request = GenerateRequest(
                 request_id=task.page_id,
                 prompt=options.prompt,
                 image=image,
+                task=options.task,
+                text=options.text,
                 max_tokens=options.max_tokens,
                 temperature=options.temperature,
                 logprobs=options.return_tokens,
@@ -156,16 +167,19 @@ class Postprocessor:
 
 
 class LocalStages:
-    """All stages in this process: implements :class:`serve_app.pipeline.Stages`."""
+    """All stages in this process: implements :class:`serve_app.pipeline.Stages`.
+
+    ``recognizer`` serves every model, or give one per model id."""
 
     def __init__(
         self,
         preprocessor: Preprocessor,
-        recognizer: Recognizer,
+        recognizer: Recognizer | Mapping[str, Recognizer],
         postprocessor: Postprocessor,
         max_pages: int,
     ) -> None:
-        self._pre, self._rec, self._post = preprocessor, recognizer, postprocessor
+        self._pre, self._post = preprocessor, postprocessor
+        self._rec = recognizer
         self._max_pages = max_pages
 
     async def inspect(self, source: object, options: OCROptions) -> DocumentInfo:
@@ -177,8 +191,9 @@ class LocalStages:
         return PreparedPage(*self._pre.prepare(source, task))
 
     async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
-        assert isinstance(page.image, PreparedImage)
-        return await self._rec.recognize(page.image, task)
+        assert isinstance(page.image, EngineImage)
+        rec = self._rec if isinstance(self._rec, Recognizer) else self._rec[task.options.model]
+        return await rec.recognize(page.image, task)
 
     async def postprocess(
         self, page: PreparedPage, generation: PageGeneration, task: PageTask

@@ -78,16 +78,20 @@ class LoopTransport(httpx.BaseTransport):
 
 
 def local_api(runner: LoopThread, config: Any, **api_options: Any) -> Any:
-    """The HTTP API over in-process stages and a started fake engine (no Ray)."""
+    """The HTTP API over in-process stages, with a started engine per model of ``config``
+    (fake or rapidocr: no Ray)."""
     from serve_app.admission import Admission
     from serve_app.api import create_api
-    from serve_app.engine.fake import FakeEngine
+    from serve_app.engine import make_engine
     from serve_app.service import OCRService
     from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
 
-    engine = FakeEngine(config.engine.fake, config.engine.sampling)
-    runner.run(engine.start())
-    stages = LocalStages(Preprocessor(config.preprocess), Recognizer(engine, config.engine),
+    recognizers = {}
+    for name, engine_config in config.models.items():
+        engine = make_engine(engine_config)
+        runner.run(engine.start())
+        recognizers[name] = Recognizer(engine, engine_config)
+    stages = LocalStages(Preprocessor(config.preprocess), recognizers,
                          Postprocessor(config.postprocess), max_pages=50)  # fmt: skip
 
     async def always_ready() -> None:
@@ -95,5 +99,4 @@ def local_api(runner: LoopThread, config: Any, **api_options: Any) -> Any:
 
     api_options.setdefault("ready", always_ready)
     admission = Admission(4, 4)
-    return create_api(OCRService(config, stages), admission, model_name="deepseek-ocr",
-                      **api_options)  # fmt: skip
+    return create_api(OCRService(config, stages), admission, **api_options)

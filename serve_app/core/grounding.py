@@ -282,8 +282,17 @@ def grounded_lines(lines: list[tuple[Box, str]]) -> str:
     """
     out = []
     for box, text in lines:
-        clean = text
-        for tag in (REF_OPEN, REF_CLOSE, DET_OPEN, DET_CLOSE):
-            clean = clean.replace(tag, "")
-        out.append(f"{REF_OPEN}{clean.strip()}{REF_CLOSE}{DET_OPEN}[{box.as_list()}]{DET_CLOSE}\n")
+        label = strip_markup(text).strip()
+        out.append(f"{REF_OPEN}{label}{REF_CLOSE}{DET_OPEN}[{box.as_list()}]{DET_CLOSE}\n")
     return "".join(out)
+
+
+def strip_markup(text: str) -> str:
+    """``text`` without grounding tags, so recognised text cannot open a region.
+
+    >>> strip_markup("a <|ref|>b<|/det|>")
+    'a b'
+    """
+    for tag in (REF_OPEN, REF_CLOSE, DET_OPEN, DET_CLOSE):
+        text = text.replace(tag, "")
+    return text

@@ -38,6 +38,22 @@ _TASK_TEXT: dict[Task, str] = {
 }
 
 
+def task_of_prompt(text: str) -> Task | None:
+    """The task whose prompt ``text`` is exactly, if any: a chat client sending DeepSeek-OCR's
+    own prompt asks for that task.
+
+    >>> task_of_prompt("<|grounding|>OCR this image.")
+    <Task.OCR: 'ocr'>
+    >>> task_of_prompt("What is in this picture?") is None
+    True
+    """
+    text = text.strip()
+    for task, prompt in _TASK_TEXT.items():
+        if text == prompt:
+            return task
+    return None
+
+
 def parse_task(name: str) -> Task:
     """The task called ``name`` (case-insensitive).
 

@@ -47,6 +47,32 @@ class PreparedImage:
         return int(self.global_view.nbytes + self.tiles.nbytes)
 
 
+@dataclass(frozen=True, eq=False)
+class PageImage:
+    """The oriented page itself, for an engine that reads pixels at its own resolution.
+
+    Attributes:
+        pixels: ``uint8[height, width, 3]`` RGB; grounding boxes are relative to it.
+    """
+
+    pixels: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pixels.nbytes)
+
+
+EngineImage = PreparedImage | PageImage
+
+
 def candidate_grids(min_crops: int, max_crops: int) -> list[tuple[int, int]]:
     """Tile grids ``(w, h)`` with ``min_crops <= w*h <= max_crops``, in vLLM's scan order.
 

@@ -1,4 +1,4 @@
-"""The engine seam: a small protocol, the vLLM implementation and a fake."""
+"""The engine seam: a small protocol, the vLLM and rapidocr implementations and a fake."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from serve_app.engine.protocol import OCREngine
 
 
 def make_engine(config: EngineConfig, replica_rank: int = 0) -> OCREngine:
-    """The engine ``config.kind`` names; vLLM is imported only for ``kind: vllm``.
+    """The engine ``config.kind`` names; vLLM (or rapidocr) is imported only for its kind.
 
     ``replica_rank`` (the Serve replica's rank) only staggers the fake engine's start.
     """
@@ -15,6 +15,10 @@ def make_engine(config: EngineConfig, replica_rank: int = 0) -> OCREngine:
         from serve_app.engine.fake import FakeEngine
 
         return FakeEngine(config.fake, config.sampling, replica_rank)
+    if config.kind == "rapidocr":
+        from serve_app.engine.rapid import RapidOCREngine
+
+        return RapidOCREngine(config.rapidocr)
     from serve_app.engine.vllm_engine import VLLMEngine
 
     return VLLMEngine(config)

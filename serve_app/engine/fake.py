@@ -12,6 +12,7 @@ import zlib
 from collections.abc import AsyncIterator
 
 from serve_app.config import FakeEngineConfig, SamplingConfig
+from serve_app.core.tiling import PreparedImage
 from serve_app.engine.protocol import FinishReason, GenerateRequest, GenerateUpdate
 from serve_app.errors import (
     EngineCrashedError,
@@ -27,6 +28,7 @@ _TOKEN_RE_SPLIT = 4  # characters per fake token
 def scripted_output(request: GenerateRequest) -> str:
     """The fake model's full answer for a request (before ``max_tokens`` is applied)."""
     image = request.image
+    assert isinstance(image, PreparedImage)
     head = f"Page {image.width}x{image.height}, grid {image.grid[0]}x{image.grid[1]}"
     if "<|grounding|>" not in request.prompt:
         return f"{head}\n\nFree text of a {image.mode.name} view.\n"
@@ -102,6 +104,8 @@ class FakeEngine:
             raise InvalidInputError(f"request id {request.request_id!r} is already running")
         if not request.prompt.startswith("<image>"):
             raise InvalidInputError("the prompt must start with the <image> placeholder")
+        if not isinstance(request.image, PreparedImage):
+            raise InvalidInputError("the fake engine reads tiled views, not the page's pixels")
         self._requests += 1
         number = self._requests
         if self._config.fail_every and number % self._config.fail_every == 0:

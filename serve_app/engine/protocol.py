@@ -1,8 +1,9 @@
 """The engine seam: what the engine deployment needs from an engine, and nothing more.
 
-Two implementations: :class:`serve_app.engine.vllm_engine.VLLMEngine` (vLLM ``AsyncLLM``)
-and :class:`serve_app.engine.fake.FakeEngine` (scripted output, latency and faults). One
-contract test suite (``tests/engine/test_contract.py``) runs against both.
+Three implementations: :class:`serve_app.engine.vllm_engine.VLLMEngine` (vLLM ``AsyncLLM``),
+:class:`serve_app.engine.rapid.RapidOCREngine` (PP-OCR on CPU, text lines only) and
+:class:`serve_app.engine.fake.FakeEngine` (scripted output, latency and faults). One
+contract test suite (``tests/engine/test_contract.py``) runs against all three.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from serve_app.core.tiling import PreparedImage
+from serve_app.core.prompts import Task
+from serve_app.core.tiling import EngineImage
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -23,7 +25,11 @@ class GenerateRequest:
     Attributes:
         request_id: Unique among the engine's in-flight requests; used to abort.
         prompt: The prompt text, starting with the ``<image>`` placeholder.
-        image: The page's views from the preprocess stage.
+        image: The page from the preprocess stage: DeepSeek's views, or the page's pixels
+            for an engine that reads those (``EngineConfig.reads``).
+        task: The task the prompt asks for (``None``: a free-form prompt), for engines that
+            do not read prompts.
+        text: The phrase to find, for ``locate``.
         max_tokens: Cap on generated tokens; ``None`` takes the configured default. The
             engine also clamps it to what the context window leaves after the prompt.
         temperature: ``None`` takes the configured default (greedy).
@@ -33,7 +39,9 @@ class GenerateRequest:
 
     request_id: str
     prompt: str
-    image: PreparedImage
+    image: EngineImage
+    task: Task | None = Task.DOCUMENT
+    text: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     logprobs: bool = False

@@ -9,6 +9,7 @@ from typing import Any
 
 from serve_app.config import EngineConfig
 from serve_app.core.prompts import IMAGE_PLACEHOLDER
+from serve_app.core.tiling import PreparedImage
 from serve_app.engine.hardware import (
     DType,
     DTypeChoice,
@@ -143,7 +144,8 @@ class VLLMEngine:
         if text not in self._prompt_text_tokens:
             ids = self._llm.get_tokenizer().encode(text.replace(IMAGE_PLACEHOLDER, ""))
             self._prompt_text_tokens[text] = len(ids)
-        return self._prompt_text_tokens[text] + request.image.num_image_tokens
+        image_tokens = getattr(request.image, "num_image_tokens", 0)
+        return self._prompt_text_tokens[text] + image_tokens
 
     def sampling_params(self, request: GenerateRequest) -> Any:
         from vllm import SamplingParams
@@ -185,6 +187,8 @@ class VLLMEngine:
 
         if not request.prompt.startswith(IMAGE_PLACEHOLDER):
             raise InvalidInputError("the prompt must start with the <image> placeholder")
+        if not isinstance(request.image, PreparedImage):
+            raise InvalidInputError("DeepSeek-OCR reads tiled views, not the page's pixels")
         params = self.sampling_params(request)
         prompt = {
             "prompt": request.prompt,

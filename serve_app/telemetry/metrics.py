@@ -50,14 +50,15 @@ class Metric:
 PAGES = Metric(
     "ocr_pages",
     "counter",
-    "Pages answered, by outcome (ok, truncated: ran into max_tokens, failed), mode and error code.",
-    ("outcome", "mode", "code"),
+    "Pages answered, by model, outcome (ok, truncated: ran into max_tokens, failed), mode and "
+    "error code.",
+    ("model", "outcome", "mode", "code"),
 )
 STAGE_SECONDS = Metric(
     "ocr_stage_seconds",
     "histogram",
     "Seconds a page spent in a stage (preprocess, engine: queue and generation, postprocess).",
-    ("stage",),
+    ("model", "stage"),
     SECONDS_BUCKETS,
 )
 REQUEST_SECONDS = Metric(
@@ -69,16 +70,19 @@ REQUEST_SECONDS = Metric(
 )
 PROMPT_TOKENS = Metric(
     "ocr_prompt_tokens", "counter", "Prompt tokens (image tokens included) of answered pages.",
-    ("mode",),
+    ("model", "mode"),
 )  # fmt: skip
 COMPLETION_TOKENS = Metric(
-    "ocr_completion_tokens", "counter", "Generated tokens of answered pages.", ("mode",)
+    "ocr_completion_tokens",
+    "counter",
+    "Generated tokens of answered pages (characters for the rapidocr engine).",
+    ("model", "mode"),
 )
 RETRIES = Metric(
     "ocr_page_retries",
     "counter",
     "Extra generations for pages that ran into max_tokens (the retry policy).",
-    ("mode",),
+    ("model", "mode"),
 )
 ENGINE_CRASHES = Metric(
     "ocr_engine_crashes",
@@ -154,8 +158,8 @@ class ServiceMetrics:
         self._recorder = recorder or NullRecorder()
         self._in_flight = 0
 
-    def page(self, report: PageReport, mode: str) -> None:
-        """One answered page: outcome, stage seconds, tokens, retries."""
+    def page(self, report: PageReport, mode: str, model: str = "") -> None:
+        """One answered page of ``model``: outcome, stage seconds, tokens, retries."""
         record = self._recorder.record
         if isinstance(report.outcome, PageFailure):
             outcome, code = "failed", report.outcome.code
@@ -163,17 +167,18 @@ class ServiceMetrics:
             truncated = report.generation is not None and report.generation.truncated
             outcome, code = ("truncated" if truncated else "ok"), ""
         mode = report.mode or mode
-        record(PAGES, 1, {"outcome": outcome, "mode": mode, "code": code})
+        record(PAGES, 1, {"model": model, "outcome": outcome, "mode": mode, "code": code})
         if report.engine_crashes:
             record(ENGINE_CRASHES, report.engine_crashes, {})
         for key, stage in STAGES.items():
             if key in report.timings:
-                record(STAGE_SECONDS, report.timings[key], {"stage": stage})
+                record(STAGE_SECONDS, report.timings[key], {"model": model, "stage": stage})
         if (generation := report.generation) is not None:
-            record(PROMPT_TOKENS, generation.prompt_tokens, {"mode": mode})
-            record(COMPLETION_TOKENS, generation.completion_tokens, {"mode": mode})
+            tags = {"model": model, "mode": mode}
+            record(PROMPT_TOKENS, generation.prompt_tokens, tags)
+            record(COMPLETION_TOKENS, generation.completion_tokens, tags)
             if generation.attempts > 1:
-                record(RETRIES, generation.attempts - 1, {"mode": mode})
+                record(RETRIES, generation.attempts - 1, tags)
 
     def response(self, route: str, status: int, code: str, seconds: float) -> None:
         """One HTTP answer (every route, refusals included)."""

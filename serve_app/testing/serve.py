@@ -19,15 +19,22 @@ def free_port() -> int:
 
 
 def deployed_options(
-    replicas: Mapping[str, int] | None = None, path: Path = SERVE_CONFIG
+    config: AppConfig, replicas: Mapping[str, int] | None = None, path: Path = SERVE_CONFIG
 ) -> dict[str, dict[str, Any]]:
     """``Deployment.options(...)`` by deployment name as ``serve_config.yaml`` deploys them
     (concurrency limits, queues, CPUs), with fixed replica counts instead of autoscaling so
     a benchmark is repeatable: ``replicas`` by name, else each autoscaler's minimum.
+
+    Only the deployments of ``config``'s graph are kept: a benchmark may serve fewer models.
     """
+    from deployments.app import deployment_names
+
     (application,) = load_yaml(path)["applications"]
+    wanted = set(deployment_names(config))
     options: dict[str, dict[str, Any]] = {}
     for deployment in application["deployments"]:
+        if deployment["name"] not in wanted:
+            continue
         chosen = {k: v for k, v in deployment.items() if k not in ("name", "autoscaling_config")}
         name = deployment["name"]
         autoscaling = deployment.get("autoscaling_config") or {}
@@ -75,14 +82,16 @@ def start_app(
 
 
 def with_env(
-    env: Mapping[str, str], options: Mapping[str, Mapping[str, Any]] | None = None
+    env: Mapping[str, str],
+    config: AppConfig,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """``options`` with ``env`` in every deployment's environment (a runtime_env, so replicas
-    of a running Ray cluster get it)."""
-    from deployments.app import DEPLOYMENT_NAMES
+    """``options`` with ``env`` in the environment of every deployment of ``config``'s graph
+    (a runtime_env, so replicas of a running Ray cluster get it)."""
+    from deployments.app import deployment_names
 
     merged: dict[str, dict[str, Any]] = {}
-    for name in DEPLOYMENT_NAMES:
+    for name in deployment_names(config):
         chosen = dict((options or {}).get(name, {}))
         actor = dict(chosen.get("ray_actor_options") or {})
         runtime_env = dict(actor.get("runtime_env") or {})

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from serve_app.config import EngineConfig
+from serve_app.config import EngineConfig, RapidOCRConfig
 from serve_app.core.images import to_model_rgb
 from serve_app.core.modes import ModelFamily, get_mode
 from serve_app.core.pdf import open_pdf
@@ -15,6 +15,7 @@ from serve_app.core.prompts import Task, build_prompt
 from serve_app.core.tiling import prepare_image
 from serve_app.engine.fake import FakeEngine
 from serve_app.engine.protocol import GenerateRequest, OCREngine
+from serve_app.engine.rapid import RapidOCREngine
 from serve_app.engine.recognize import PageGeneration, generate_once
 from serve_app.engine.vllm_engine import VLLMEngine, prepare_engine
 from serve_app.testing.synthetic import text_pdf
@@ -66,11 +67,17 @@ def fake_engine(loop: LoopThread) -> FakeEngine:
     return engine
 
 
-@pytest.fixture(params=["fake", pytest.param("vllm", marks=pytest.mark.engine)])
+@pytest.fixture(scope="session")
+def rapidocr_engine(loop: LoopThread) -> RapidOCREngine:
+    engine = RapidOCREngine(RapidOCRConfig())
+    loop.run(engine.start())
+    return engine
+
+
+@pytest.fixture(params=["fake", "rapidocr", pytest.param("vllm", marks=pytest.mark.engine)])
 def engine(request: pytest.FixtureRequest) -> OCREngine:
-    """Each contract test runs against both implementations."""
-    name = "fake_engine" if request.param == "fake" else "vllm_engine"
-    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+    """Each contract test runs against every implementation."""
+    return request.getfixturevalue(f"{request.param}_engine")  # type: ignore[no-any-return]
 
 
 def builtin_generate(

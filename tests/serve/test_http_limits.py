@@ -25,7 +25,7 @@ def slow_app() -> Iterator[httpx.Client]:
 
     # ~0.05 s per token and ~150 tokens per page: a page takes ~8 s unless cut short.
     config = AppConfig.model_validate(
-        {"engine": {"kind": "fake", "fake": {"token_latency_s": 0.05, "tokens_per_update": 1}},
+        {"models": {"deepseek-ocr": {"kind": "fake", "fake": {"token_latency_s": 0.05, "tokens_per_update": 1}}},
          "ingress": {"request_timeout_s": 1.0, "max_working_requests": 1}}
     )  # fmt: skip
     url = start_app(config, name=APP)
@@ -37,7 +37,7 @@ def slow_app() -> Iterator[httpx.Client]:
 def engine_unfinished() -> int:
     from ray import serve
 
-    handle = serve.get_deployment_handle("EngineDeployment", app_name=APP)
+    handle = serve.get_deployment_handle("EngineDeployment-deepseek-ocr", app_name=APP)
     return int(handle.num_unfinished.remote().result())
 
 

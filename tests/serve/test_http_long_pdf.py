@@ -17,7 +17,7 @@ pytestmark = pytest.mark.serve
 
 def test_300_pages_in_order_none_missing() -> None:
     config = AppConfig.model_validate(
-        {"engine": {"kind": "fake", "fake": {"fail_every": 97}},
+        {"models": {"deepseek-ocr": {"kind": "fake", "fake": {"fail_every": 97}}},
          "ingress": {"max_pages": 300, "pages_in_flight": 8}}
     )  # fmt: skip
     url = start_app(config, name="ocr-long")

@@ -28,7 +28,7 @@ def one_engine_answers() -> bool:
     from ray import serve
 
     try:
-        handle = serve.get_deployment_handle("EngineDeployment", app_name=APP)
+        handle = serve.get_deployment_handle("EngineDeployment-deepseek-ocr", app_name=APP)
         return bool(handle.ready.remote().result(timeout_s=1.0))
     except Exception:  # not deployed yet, or no replica up yet
         return False
@@ -47,9 +47,15 @@ def test_ready_waits_for_every_engine_replica() -> None:
     from ray import serve
 
     config = AppConfig.model_validate(
-        {"engine": {"kind": "fake", "fake": {"start_latency_per_rank_s": STAGGER_S}}}
+        {
+            "models": {
+                "deepseek-ocr": {"kind": "fake", "fake": {"start_latency_per_rank_s": STAGGER_S}}
+            }
+        }
     )
-    url = start_app(config, name=APP, options={"EngineDeployment": {"num_replicas": 2}}, wait=False)
+    url = start_app(
+        config, name=APP, options={"EngineDeployment-deepseek-ocr": {"num_replicas": 2}}, wait=False
+    )
     try:
         with httpx.Client(base_url=url, timeout=10) as client:
             # Wait until the ingress is routed and engine replica 0 has loaded; replica 1 is
@@ -73,7 +79,7 @@ def test_ready_waits_for_every_engine_replica() -> None:
                 assert time.monotonic() < deadline + STAGGER_S, "never became ready"
                 time.sleep(0.25)
             assert r.json() == {"ready": True}
-            engine = serve.status().applications[APP].deployments["EngineDeployment"]
+            engine = serve.status().applications[APP].deployments["EngineDeployment-deepseek-ocr"]
             assert engine.replica_states == {"RUNNING": 2}
     finally:
         serve.shutdown()

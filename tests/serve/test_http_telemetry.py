@@ -36,7 +36,7 @@ def client(collector: Collector) -> Iterator[httpx.Client]:
 
     # Every 4th engine request fails; one request at a time, none waiting: a second is a 429.
     config = AppConfig.model_validate(
-        {"engine": {"kind": "fake", "fake": {"fail_every": 4, "first_token_latency_s": 0.3}},
+        {"models": {"deepseek-ocr": {"kind": "fake", "fake": {"fail_every": 4, "first_token_latency_s": 0.3}}},
          "ingress": {"max_working_requests": 1, "max_waiting_requests": 0}}
     )  # fmt: skip
     env = {
@@ -45,7 +45,7 @@ def client(collector: Collector) -> Iterator[httpx.Client]:
         "OTEL_SERVICE_NAME": "ocr-under-test",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
-    options = with_env(env, {"OCRIngress": {"max_ongoing_requests": 16}})
+    options = with_env(env, config, {"OCRIngress": {"max_ongoing_requests": 16}})
     url = start_app(config, name=APP, options=options)
     with httpx.Client(base_url=url, timeout=60) as http:
         yield http

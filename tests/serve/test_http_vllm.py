@@ -23,8 +23,8 @@ def serve_vllm_app(slot: EngineSlot) -> str:
 
     def start() -> str:
         config = AppConfig.model_validate(
-            {"engine": {"kind": "vllm", "model": "tiny", "max_model_len": 4096, "max_num_seqs": 4,
-                        "sampling": {"max_tokens": A4_MAX_TOKENS}, "retry": {"temperatures": []}}}
+            {"models": {"deepseek-ocr": {"kind": "vllm", "model": "tiny", "max_model_len": 4096, "max_num_seqs": 4,
+                        "sampling": {"max_tokens": A4_MAX_TOKENS}, "retry": {"temperatures": []}}}}
         )  # fmt: skip
         return start_app(config, name="ocr-vllm")
 

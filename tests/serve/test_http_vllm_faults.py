@@ -21,7 +21,7 @@ PNG = encode(noise_rgb(300, 200, seed=6))
 def engine_pid() -> int:
     from ray import serve
 
-    handle = serve.get_deployment_handle("EngineDeployment", app_name="ocr-vllm")
+    handle = serve.get_deployment_handle("EngineDeployment-deepseek-ocr", app_name="ocr-vllm")
     return int(handle.counters.remote().result(timeout_s=30)["pid"])
 
 

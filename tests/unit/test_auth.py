@@ -28,7 +28,7 @@ PROTECTED = [
 @pytest.fixture(scope="module")
 def client() -> Iterator[httpx.Client]:
     runner = LoopThread()
-    config = AppConfig.model_validate({"engine": {"kind": "fake"}})
+    config = AppConfig.model_validate({"models": {"deepseek-ocr": {"kind": "fake"}}})
     keys = ApiKeys((hash_key(OTHER), hash_key(KEY)))
     transport = LoopTransport(local_api(runner, config, keys=keys), runner)
     with httpx.Client(transport=transport, base_url="http://test") as http:

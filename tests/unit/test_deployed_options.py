@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from serve_app.config import AppConfig, EngineConfig
 from serve_app.deploy_config import SERVE_CONFIG, load_yaml
 from serve_app.testing.serve import deployed_options
 
@@ -10,7 +11,8 @@ def test_options_follow_serve_config_with_fixed_replicas() -> None:
     (application,) = load_yaml(SERVE_CONFIG)["applications"]
     declared = {d["name"]: d for d in application["deployments"]}
 
-    options = deployed_options({"PreprocessDeployment": 3})
+    config = AppConfig.model_validate(application["args"])
+    options = deployed_options(config, {"PreprocessDeployment": 3})
 
     assert set(options) == set(declared)
     for name, chosen in options.items():
@@ -20,3 +22,13 @@ def test_options_follow_serve_config_with_fixed_replicas() -> None:
     assert options["PreprocessDeployment"]["num_replicas"] == 3
     minimum = declared["OCRIngress"]["autoscaling_config"]["min_replicas"]
     assert options["OCRIngress"]["num_replicas"] == minimum
+
+
+def test_a_graph_of_fewer_models_keeps_only_its_deployments() -> None:
+    config = AppConfig(models={"deepseek-ocr": EngineConfig(kind="fake")})
+    options = deployed_options(config)
+    assert set(options) == {
+        "OCRIngress", "PreprocessDeployment", "EngineDeployment-deepseek-ocr",
+        "PostprocessDeployment",
+    }  # fmt: skip
+    assert options["EngineDeployment-deepseek-ocr"]["max_ongoing_requests"] == 64

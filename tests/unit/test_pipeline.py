@@ -31,12 +31,14 @@ TINY = get_mode("tiny")
 
 
 def stages(fake: FakeEngineConfig | None = None, max_pages: int = 500) -> LocalStages:
-    config = AppConfig(engine=EngineConfig(kind="fake", fake=fake or FakeEngineConfig()))
-    engine = FakeEngine(config.engine.fake, config.engine.sampling)
+    config = AppConfig(
+        models={"deepseek-ocr": EngineConfig(kind="fake", fake=fake or FakeEngineConfig())}
+    )
+    engine = FakeEngine(config.default_engine.fake, config.default_engine.sampling)
     asyncio.run(engine.start())
     return LocalStages(
         Preprocessor(config.preprocess),
-        Recognizer(engine, config.engine),
+        Recognizer(engine, config.default_engine),
         Postprocessor(config.postprocess),
         max_pages=max_pages,
     )

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from deployments.app import build_app
+from deployments.app import build_app, deployment_names
 from serve_app.config import AppConfig
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
@@ -57,20 +57,67 @@ def test_ingress_admits_before_serve_queues() -> None:
 
 def test_serve_config_names_every_deployment() -> None:
     (app,) = yaml.safe_load(CONFIG.read_text())["applications"]
-    names = {d["name"] for d in app["deployments"]}
-    assert names == {
+    names = [d["name"] for d in app["deployments"]]
+    assert names == [
         "OCRIngress",
         "PreprocessDeployment",
-        "EngineDeployment",
+        "EngineDeployment-rapidocr",
+        "EngineDeployment-deepseek-ocr",
         "PostprocessDeployment",
-    }
+    ]
+    assert tuple(names) == deployment_names(AppConfig.model_validate(app["args"]))
     for deployment in app["deployments"]:
         assert "autoscaling_config" in deployment and "max_ongoing_requests" in deployment
 
 
+def test_the_cpu_engine_is_the_default_and_the_tiny_checkpoint_is_served_beside_it() -> None:
+    config = AppConfig.model_validate(app_args())
+    assert config.default_model_name == "rapidocr"
+    assert config.default_engine.kind == "rapidocr" and config.default_engine.reads == "page"
+    tiny = config.models["deepseek-ocr"]
+    assert (tiny.kind, tiny.model, tiny.reads) == ("vllm", "tiny", "views")
+
+
+def test_three_models_in_one_app() -> None:
+    """DeepSeek-OCR, DeepSeek-OCR-2 and the CPU engine together: one engine deployment each."""
+    args = {**app_args(), "default_model": "deepseek-ocr-2", "models": {
+        "deepseek-ocr": {"kind": "vllm", "model": "deepseek-ai/DeepSeek-OCR", "profile": "gpu"},
+        "deepseek-ocr-2": {"kind": "vllm", "model": "deepseek-ai/DeepSeek-OCR-2",
+                           "family": "deepseek-ocr-2", "profile": "gpu"},
+        "rapidocr": {"kind": "rapidocr"},
+    }}  # fmt: skip
+    config = AppConfig.model_validate(args)
+    assert config.default_model_name == "deepseek-ocr-2"
+    assert deployment_names(config)[2:5] == (
+        "EngineDeployment-deepseek-ocr",
+        "EngineDeployment-deepseek-ocr-2",
+        "EngineDeployment-rapidocr",
+    )
+    build_app(config)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"default_model": "gpt-4"}, "default_model 'gpt-4' is not among models"),
+        ({"models": {"deepseek ocr": {"kind": "fake"}}}, "model id 'deepseek ocr'"),
+        ({"models": {"a/b": {"kind": "fake"}}}, "model id 'a/b'"),
+        ({"models": {}}, "at least 1 item"),
+    ],
+)
+def test_model_ids_and_the_default_are_checked(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        AppConfig.model_validate({**app_args(), **change})
+
+
 @pytest.mark.parametrize(
     "typo",
-    [{"engine": {"modle": "tiny"}}, {"ingres": {}}, {"ingress": {"pages_in_flite": 3}}],
+    [
+        {"models": {"deepseek-ocr": {"modle": "tiny"}}},
+        {"ingres": {}},
+        {"ingress": {"pages_in_flite": 3}},
+        {"models": {"rapidocr": {"kind": "rapidocr", "rapidocr": {"max_sied": 900}}}},
+    ],
 )
 def test_misspelled_keys_fail(typo: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):

@@ -24,7 +24,7 @@ LETTER_LANDSCAPE = (792.0, 612.0)  # points: a non-square page, wider than tall
 def client() -> Iterator[httpx.Client]:
     """A sync client over the ASGI app, whose coroutines run on one background loop."""
     runner = LoopThread()
-    config = AppConfig.model_validate({"engine": {"kind": "fake"}})
+    config = AppConfig.model_validate({"models": {"deepseek-ocr": {"kind": "fake"}}})
     ready = {"engines": True}
 
     async def check_ready() -> None:

@@ -45,7 +45,10 @@ def origin() -> Iterator[str]:
 def client(origin: str) -> Iterator[httpx.Client]:
     runner = LoopThread()
     config = AppConfig.model_validate(
-        {"engine": {"kind": "fake"}, "ingress": {"url_fetch": {"allowlist": [origin]}}}
+        {
+            "models": {"deepseek-ocr": {"kind": "fake"}},
+            "ingress": {"url_fetch": {"allowlist": [origin]}},
+        }
     )
     with httpx.Client(transport=LoopTransport(local_api(runner, config), runner),
                       base_url="http://test") as http:  # fmt: skip

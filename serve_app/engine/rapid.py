@@ -1,0 +1,147 @@
+"""A CPU OCR engine: PP-OCR text detection and recognition through ``rapidocr`` (onnxruntime).
+
+Its models ship inside the ``rapidocr`` wheel, so it reads real text on any machine with no
+download. It finds and reads text lines only: no layout classes, tables, formulas or figures,
+and no free-form prompts (the tasks it can do are :data:`serve_app.config.PIXEL_ENGINE_TASKS`).
+It answers in DeepSeek-OCR's grounding grammar (:mod:`serve_app.core.text_lines`), so the
+pipeline downstream is the same for every model, streamed a line at a time. There is no
+tokenizer: its "tokens" are characters (ids are code points, each logprob the log of the
+page's mean line confidence) and prompts count 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+
+from serve_app.config import RapidOCRConfig
+from serve_app.core.prompts import IMAGE_PLACEHOLDER
+from serve_app.core.text_lines import from_quads, lines_output, reading_order
+from serve_app.core.tiling import PageImage
+from serve_app.engine.protocol import FinishReason, GenerateRequest, GenerateUpdate
+from serve_app.errors import GenerationError, InvalidInputError, NotReadyError
+
+logger = logging.getLogger("ray.serve")
+
+
+class RapidOCREngine:
+    """Implements :class:`serve_app.engine.protocol.OCREngine` with rapidocr on CPU.
+
+    Pages run in worker threads (onnxruntime releases the GIL), at most
+    ``config.pages_at_once`` at a time; the rest wait their turn in arrival order.
+    """
+
+    def __init__(self, config: RapidOCRConfig) -> None:
+        self._config = config
+        self._ocr: Any = None
+        self._turns = asyncio.Semaphore(config.pages_at_once)
+        self._running: dict[str, asyncio.Event] = {}
+
+    async def start(self) -> None:
+        self._ocr = await asyncio.to_thread(self._load)
+
+    def _load(self) -> Any:
+        from rapidocr import RapidOCR
+
+        # Default model choices only: other versions or types are downloaded from the network.
+        ocr = RapidOCR(
+            params={
+                "Global.log_level": "error",
+                "EngineConfig.onnxruntime.intra_op_num_threads": self._config.threads,
+                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+                "Det.limit_type": "max",
+                "Det.limit_side_len": self._config.max_side,
+            }
+        )
+        start = time.perf_counter()
+        ocr(np.full((64, 256, 3), 255, np.uint8))  # loads the models now, not on the first page
+        logger.info(
+            "Engine start: kind=rapidocr threads=%d pages_at_once=%d max_side=%d min_score=%.2f "
+            "(models loaded in %.1f s)", self._config.threads, self._config.pages_at_once,
+            self._config.max_side, self._config.min_score, time.perf_counter() - start,
+        )  # fmt: skip
+        return ocr
+
+    def is_ready(self) -> bool:
+        return self._ocr is not None
+
+    def num_unfinished(self) -> int:
+        return len(self._running)
+
+    async def abort(self, request_id: str) -> None:
+        if request_id in self._running:
+            self._running[request_id].set()
+
+    async def shutdown(self) -> None:
+        for event in self._running.values():
+            event.set()
+        self._ocr = None
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateUpdate]:
+        if self._ocr is None:
+            raise NotReadyError("the engine is still starting")
+        if request.request_id in self._running:
+            raise InvalidInputError(f"request id {request.request_id!r} is already running")
+        if not request.prompt.startswith(IMAGE_PLACEHOLDER):
+            raise InvalidInputError("the prompt must start with the <image> placeholder")
+        if not isinstance(request.image, PageImage):
+            raise InvalidInputError("rapidocr reads the page's pixels, not DeepSeek's views")
+        aborted = asyncio.Event()
+        self._running[request.request_id] = aborted
+        try:
+            start = time.perf_counter()
+            async with self._turns:
+                queued_s = time.perf_counter() - start
+                if aborted.is_set():
+                    yield GenerateUpdate("", (), None, "abort", 0, 0, queued_s)
+                    return
+                text, confidence = await asyncio.to_thread(self._read, request)
+            limit = request.max_tokens if request.max_tokens is not None else len(text)
+            finish: FinishReason = "length" if len(text) > limit else "stop"
+            pieces = text[:limit].splitlines(keepends=True) or [""]
+            logprob = math.log(max(confidence, 1e-6))
+            done = 0
+            for n, piece in enumerate(pieces, start=1):
+                if aborted.is_set():
+                    yield GenerateUpdate("", (), None, "abort", 0, done, queued_s)
+                    return
+                done += len(piece)
+                yield GenerateUpdate(
+                    text=piece,
+                    token_ids=tuple(ord(c) for c in piece),
+                    logprobs=(logprob,) * len(piece) if request.logprobs else None,
+                    finish_reason=finish if n == len(pieces) else None,
+                    prompt_tokens=0,
+                    completion_tokens=done,
+                    queued_s=queued_s if n == len(pieces) else None,
+                )
+                await asyncio.sleep(0)  # an abort between lines is seen
+        finally:
+            del self._running[request.request_id]
+
+    def _read(self, request: GenerateRequest) -> tuple[str, float]:
+        """The page's answer for the request's task, and the mean confidence of its lines."""
+        image = request.image
+        assert isinstance(image, PageImage)
+        try:
+            # rapidocr takes numpy images in OpenCV's BGR order.
+            result = self._ocr(np.ascontiguousarray(image.pixels[:, :, ::-1]))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime and OpenCV raise many types
+            raise GenerationError(f"rapidocr failed: {type(exc).__name__}: {exc}") from None
+        if result.boxes is None:
+            return "", 1.0
+        found = from_quads(result.boxes, result.txts, result.scores)
+        lines = [line for line in found if line.score >= self._config.min_score and line.text]
+        ordered = reading_order(lines, image.width)
+        confidence = sum(line.score for line in lines) / len(lines) if lines else 1.0
+        try:
+            text = lines_output(ordered, request.task, image.width, image.height, request.text)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+        return text, confidence

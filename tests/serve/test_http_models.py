@@ -1,0 +1,172 @@
+"""Two models in one Serve app over HTTP: the CPU OCR engine (rapidocr, the default) reads the
+words drawn on a page back into boxes that contain them, and each request is answered by the
+model it named."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from serve_app.config import AppConfig
+from serve_app.testing.docset import Case, exif_jpeg_case, pdf_cases, png_case, text_page
+from serve_app.testing.serve import start_app
+
+pytestmark = pytest.mark.serve
+
+APP = "ocr-models"
+# Words a reader should not confuse (no 0/O or 1/l pairs), at sizes PP-OCR reads at 72 dpi too.
+PAGE_1 = text_page(["Quarterly report for Northwind", "Revenue grew by twelve percent"], size=18)
+PAGE_2 = text_page(["Shipping address", "Seven Harbour Street Dublin"], font="tiro", size=20)
+
+
+def cases() -> list[Case]:
+    return [
+        png_case("png", PAGE_1),
+        exif_jpeg_case("exif_jpeg", PAGE_2, orientation=6),
+        *pdf_cases("pdf", [PAGE_1, PAGE_2], (72, 144)),
+    ]
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[httpx.Client]:
+    from ray import serve
+
+    config = AppConfig.model_validate({"models": {
+        "rapidocr": {"kind": "rapidocr"},
+        "deepseek-ocr": {"kind": "fake"},
+    }})  # fmt: skip
+    url = start_app(config, name=APP)
+    with httpx.Client(base_url=url, timeout=120) as http:
+        yield http
+    serve.shutdown()
+
+
+def post(client: httpx.Client, case: Case, **fields: str) -> httpx.Response:
+    files = {"file": (case.filename, case.data, case.content_type)}
+    return client.post("/v1/ocr", files=files, data={**case.fields, **fields})
+
+
+def counters(model: str) -> dict[str, int]:
+    from ray import serve
+
+    handle = serve.get_deployment_handle(f"EngineDeployment-{model}", app_name=APP)
+    return handle.counters.remote().result()  # type: ignore[no-any-return]
+
+
+def inside(ink: tuple[float, ...], box: list[int], slack: float = 1.0) -> bool:
+    return (box[0] - slack <= ink[0] and box[1] - slack <= ink[1]
+            and ink[2] <= box[2] + 1 + slack and ink[3] <= box[3] + 1 + slack)  # fmt: skip
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda case: case.name)
+def test_drawn_words_come_back_inside_their_boxes(client: httpx.Client, case: Case) -> None:
+    r = post(client, case, task="ocr")
+
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["model"], body["pages_processed"]) == ("rapidocr", len(case.pages))
+    for page, truth in zip(body["pages"], case.pages, strict=True):
+        assert (page["width"], page["height"]) == (truth.width, truth.height)
+        assert page["mode"] == "page" and page["finish_reason"] == "stop"
+        regions = page["regions"]
+        assert len(regions) == len(truth.lines), [r["label"] for r in regions]
+        for line in truth.lines:
+            for word in line.words:
+                holders = [r for r in regions if word.text.casefold() in r["label"].casefold()]
+                assert holders, f"{word.text!r} not read on page {page['page']}: {regions}"
+                assert any(inside(word.ink, r["boxes"][0]) for r in holders), (
+                    f"{word.text!r} drawn at {word.ink}, boxes {[r['boxes'] for r in holders]}"
+                )
+
+
+def test_the_document_task_gives_the_lines_as_markdown(client: httpx.Client) -> None:
+    (case,) = [c for c in cases() if c.name == "png"]
+    r = post(client, case)  # the default task: document
+
+    page = r.json()["pages"][0]
+    assert page["markdown"] == "\n\n".join(line.text for line in case.pages[0].lines)
+    assert {region["label"] for region in page["regions"]} == {"text"}
+
+
+def test_each_request_is_answered_by_the_model_it_names(client: httpx.Client) -> None:
+    (case,) = [c for c in cases() if c.name == "png"]
+    before = {model: counters(model)["pages_recognized"] for model in ("rapidocr", "deepseek-ocr")}
+
+    fake = post(client, case, model="deepseek-ocr").json()
+    default = post(client, case).json()
+    named = post(client, case, model="rapidocr").json()
+
+    assert fake["model"] == "deepseek-ocr"
+    assert fake["pages"][0]["mode"] == "gundam"  # DeepSeek's views were made for it
+    assert fake["pages"][0]["raw_text"].startswith("<|ref|>title<|/ref|>")  # the fake's script
+    for answer in (default, named):
+        assert answer["model"] == "rapidocr" and answer["pages"][0]["mode"] == "page"
+        assert "Northwind" in answer["markdown"]
+    after = {model: counters(model)["pages_recognized"] for model in ("rapidocr", "deepseek-ocr")}
+    assert after["rapidocr"] - before["rapidocr"] == 2
+    assert after["deepseek-ocr"] - before["deepseek-ocr"] == 1
+
+
+def test_models_lists_both_the_default_first(client: httpx.Client) -> None:
+    body = client.get("/v1/models").json()
+
+    assert [m["id"] for m in body["data"]] == ["rapidocr", "deepseek-ocr"]
+    rapid, deepseek = body["data"]
+    assert rapid["tasks"] == ["document", "ocr", "free", "locate"]
+    assert not rapid["free_form_prompts"] and deepseek["free_form_prompts"]
+    assert deepseek["tasks"] == ["document", "ocr", "free", "figure", "describe", "locate"]
+
+
+def assert_openai_error(r: httpx.Response, status: int, code: str, param: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    error: dict[str, Any] = r.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, param)
+    return error
+
+
+def test_an_unknown_model_is_a_404_in_openai_shape(client: httpx.Client) -> None:
+    (case,) = [c for c in cases() if c.name == "png"]
+    error = assert_openai_error(post(client, case, model="gpt-4o"), 404, "model_not_found", "model")
+    assert (
+        "'gpt-4o' does not exist" in error["message"]
+        and "rapidocr, deepseek-ocr" in error["message"]
+    )
+
+    chat = client.post("/v1/chat/completions", json=chat_body("gpt-4o", case, "Free OCR."))
+    assert_openai_error(chat, 404, "model_not_found", "model")
+
+
+def test_a_task_the_model_cannot_do_names_the_models_that_can(client: httpx.Client) -> None:
+    (case,) = [c for c in cases() if c.name == "png"]
+    error = assert_openai_error(
+        post(client, case, task="describe"), 422, "task_not_supported", "task"
+    )
+    assert "'rapidocr' cannot do task 'describe'" in error["message"]
+    assert "models that can: deepseek-ocr" in error["message"]
+
+    chat = client.post("/v1/chat/completions", json=chat_body("rapidocr", case, "What is this?"))
+    error = assert_openai_error(chat, 422, "task_not_supported", "messages")
+    assert "free-form prompt" in error["message"]
+
+
+def chat_body(model: str, case: Case, text: str) -> dict[str, Any]:
+    url = f"data:{case.content_type};base64,{base64.b64encode(case.data).decode()}"
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+    return {"model": model, "messages": [{"role": "user", "content": content}]}
+
+
+def test_chat_with_deepseek_ocrs_own_prompt_reads_with_the_cpu_engine(
+    client: httpx.Client,
+) -> None:
+    (case,) = [c for c in cases() if c.name == "png"]
+    body = chat_body("rapidocr", case, "<|grounding|>OCR this image.")
+
+    answer = client.post("/v1/chat/completions", json=body).json()
+
+    assert answer["model"] == "rapidocr"
+    content = answer["choices"][0]["message"]["content"]
+    assert content.splitlines() == [line.text for line in case.pages[0].lines]
