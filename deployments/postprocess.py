@@ -11,6 +11,7 @@ from deployments.page_data import page_data_sync
 from deployments.telemetry import setup_replica
 from serve_app.config import PostprocessConfig
 from serve_app.core.document import PageResult
+from serve_app.core.tiling import PageImage
 from serve_app.messages import PageTask, PreparedPage
 from serve_app.stages import Postprocessor
 
@@ -23,4 +24,6 @@ class PostprocessDeployment:
 
     def page(self, page: PreparedPage, text: str, task: PageTask) -> PageResult:
         pixels = page_data_sync(page.pixels)
+        if isinstance(pixels, PageImage):  # a page reader's image, shared with the engine
+            pixels = pixels.pixels
         return self._post.page(page.header, cast("np.ndarray | None", pixels), text, task)

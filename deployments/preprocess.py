@@ -7,6 +7,7 @@ from ray import serve
 
 from deployments.telemetry import setup_replica
 from serve_app.config import PreprocessConfig
+from serve_app.core.tiling import PageImage
 from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
 from serve_app.stages import Preprocessor
 
@@ -24,7 +25,10 @@ class PreprocessDeployment:
         """The page's header, with its views and pixels left in the object store: the engine
         and postprocess read them from there, the ingress never does."""
         header, image, pixels = self._pre.prepare(_bytes(source), task)
-        return PreparedPage(header, ray.put(image), ray.put(pixels) if pixels is not None else None)
+        image_ref = ray.put(image)
+        if isinstance(image, PageImage) and pixels is image.pixels:
+            return PreparedPage(header, image_ref, image_ref)  # one copy serves both readers
+        return PreparedPage(header, image_ref, ray.put(pixels) if pixels is not None else None)
 
     def counters(self) -> dict[str, int]:
         """Work done by this replica since it started."""

@@ -111,7 +111,9 @@ class PreparedPage:
         image: What the engine reads (:class:`PreparedImage` views or a
             :class:`PageImage`), or a reference to it.
         pixels: The oriented RGB page (``HxWx3`` uint8) or a reference to it, when
-            postprocess needs it (figures, annotated pages); else ``None``.
+            postprocess needs it (figures, annotated pages); else ``None``. In the Serve
+            graph, for a page reader, the same reference as ``image`` (a
+            :class:`PageImage`).
     """
 
     header: PageHeader

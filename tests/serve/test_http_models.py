@@ -170,3 +170,36 @@ def test_chat_with_deepseek_ocrs_own_prompt_reads_with_the_cpu_engine(
     assert answer["model"] == "rapidocr"
     content = answer["choices"][0]["message"]["content"]
     assert content.splitlines() == [line.text for line in case.pages[0].lines]
+
+
+def test_annotated_pages_and_the_layout_pdf_work_for_the_cpu_engine(client: httpx.Client) -> None:
+    import io
+    import zipfile
+
+    import pymupdf
+
+    (case,) = [c for c in cases() if c.name == "pdf_72dpi"]
+    r = post(client, case, format="zip")
+
+    assert r.status_code == 200, r.text
+    bundle = zipfile.ZipFile(io.BytesIO(r.content))
+    assert {"result.md", "result_det.md", "result.json", "layout.pdf",
+            "annotated/page_1.jpg", "annotated/page_2.jpg"} <= set(bundle.namelist())  # fmt: skip
+    markdown = bundle.read("result.md").decode()
+    assert all(line.text in markdown for page in case.pages for line in page.lines)
+    with pymupdf.open(stream=bundle.read("layout.pdf"), filetype="pdf") as layout:
+        # One page per document page, sized as rendered at the request's 72 dpi.
+        assert [(round(p.rect.width), round(p.rect.height)) for p in layout] == [
+            (page.width, page.height) for page in case.pages
+        ]
+
+
+def test_locate_finds_the_line_with_the_phrase(client: httpx.Client) -> None:
+    (case,) = [c for c in cases() if c.name == "png"]
+    r = post(client, case, task="locate", text="twelve")
+
+    (region,) = r.json()["pages"][0]["regions"]
+    assert region["label"] == "twelve"
+    (line,) = [line for line in case.pages[0].lines if "twelve" in line.text]
+    (word,) = [word for word in line.words if word.text == "twelve"]
+    assert inside(word.ink, region["boxes"][0])

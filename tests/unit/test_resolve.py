@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from serve_app.config import AppConfig, EngineConfig
 from serve_app.core.modes import ModelFamily, get_mode
 from serve_app.core.prompts import Task, build_prompt, custom_prompt
 from serve_app.errors import ClientError
-from serve_app.resolve import Limits, RequestFields, resolve_options
+from serve_app.resolve import Door, Limits, RequestFields, resolve_options
 
 LIMITS = Limits(max_dpi=300, max_model_len=8192)
 
@@ -81,3 +82,74 @@ def test_the_model_family_decides_the_modes() -> None:
     assert resolve_options(RequestFields(), ocr2).mode.tile_size == 768
     with pytest.raises(ClientError, match="does not support mode 'tiny'"):
         resolve_options(RequestFields(mode="tiny"), ocr2)
+
+
+TWO_MODELS = AppConfig(models={
+    "rapidocr": EngineConfig(kind="rapidocr"),
+    "deepseek-ocr": EngineConfig(kind="fake"),
+})  # fmt: skip
+
+
+def test_the_door_picks_the_named_model_or_the_first() -> None:
+    door = Door(TWO_MODELS)
+
+    default = door.resolve(RequestFields())
+    named = door.resolve(RequestFields(model="deepseek-ocr", mode="tiny"))
+
+    assert (default.model, default.reads, default.mode_label) == ("rapidocr", "page", "page")
+    assert (named.model, named.reads, named.mode_label) == ("deepseek-ocr", "views", "tiny")
+    assert (
+        Door(TWO_MODELS.model_copy(update={"default_model": "deepseek-ocr"}))
+        .resolve(RequestFields())
+        .model
+        == "deepseek-ocr"
+    )
+
+
+def test_an_unknown_model_is_a_404_naming_the_served_ones() -> None:
+    with pytest.raises(ClientError) as caught:
+        Door(TWO_MODELS).resolve(RequestFields(model="gpt-4o"))
+    error = caught.value
+    assert (error.status_code, error.code, error.param) == (404, "model_not_found", "model")
+    assert (
+        error.message
+        == "the model 'gpt-4o' does not exist; this service serves: rapidocr, deepseek-ocr"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "what"),
+    [
+        (RequestFields(task="describe"), "task", "task 'describe'"),
+        (RequestFields(task="figure"), "task", "task 'figure'"),
+        (RequestFields(prompt="What does the sign say?"), "messages", "a free-form prompt"),
+    ],
+)
+def test_a_task_the_model_cannot_do_is_a_422_naming_who_can(
+    fields: RequestFields, param: str, what: str
+) -> None:
+    with pytest.raises(ClientError) as caught:
+        Door(TWO_MODELS).resolve(fields)
+    error = caught.value
+    assert (error.status_code, error.code, error.param) == (422, "task_not_supported", param)
+    assert error.message == (
+        f"the model 'rapidocr' cannot do {what} (it can: document, ocr, free, locate); "
+        "models that can: deepseek-ocr"
+    )
+
+
+def test_deepseek_ocrs_own_prompt_names_its_task() -> None:
+    door = Door(TWO_MODELS)
+    options = door.resolve(RequestFields(prompt="<|grounding|>OCR this image."))
+    assert (options.task, options.labels_are_text) == (Task.OCR, True)
+    assert options.prompt == build_prompt(Task.OCR)
+    # To a model that reads prompts the text is still a prompt, its task known.
+    free = door.resolve(RequestFields(model="deepseek-ocr", prompt="Free OCR."))
+    assert (free.task, free.prompt) == (Task.FREE, build_prompt(Task.FREE))
+    custom = door.resolve(RequestFields(model="deepseek-ocr", prompt="Read the sign."))
+    assert (custom.task, custom.prompt) == (None, custom_prompt("Read the sign."))
+
+
+def test_locate_carries_its_phrase_to_the_engine() -> None:
+    options = Door(TWO_MODELS).resolve(RequestFields(task="locate", text="  Total due "))
+    assert (options.task, options.text) == (Task.LOCATE, "Total due")

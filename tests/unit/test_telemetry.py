@@ -37,14 +37,18 @@ def test_pages_are_counted_by_outcome_with_tokens_and_retries() -> None:
     metrics.page(PageReport(1, result, generation(), mode="base", timings=timings), "gundam")  # type: ignore[arg-type]
     metrics.page(PageReport(2, result, generation(True, 3), mode="base"), "gundam")  # type: ignore[arg-type]
     metrics.page(PageReport(3, PageFailure(3, "timeout", "slow")), "gundam")
+    metrics.page(PageReport(4, result, generation(), mode="page"), "page", "rapidocr")  # type: ignore[arg-type]
 
-    assert recorder.total(PAGES, outcome="ok", mode="base") == 1
+    assert recorder.total(PAGES, model="rapidocr", outcome="ok", mode="page") == 1
+    assert recorder.total(COMPLETION_TOKENS, model="rapidocr") == 7
+    assert recorder.total(PAGES, model="", outcome="ok", mode="base") == 1
     assert recorder.total(PAGES, outcome="truncated") == 1
     assert recorder.total(PAGES, outcome="failed", mode="gundam", code="timeout") == 1
     assert recorder.total(COMPLETION_TOKENS, mode="base") == 14
     assert recorder.total(RETRIES) == 2
     stages = {dict(tags)["stage"]: v for (name, tags), v in recorder.observed.items()}
     assert stages == {"preprocess": [0.1], "engine": [0.5], "postprocess": [0.01]}
+    assert all(dict(tags)["model"] == "" for (name, tags) in recorder.observed)
 
 
 def test_answers_keep_route_labels_bounded_and_pages_in_flight_settle() -> None:

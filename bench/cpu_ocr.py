@@ -1,0 +1,119 @@
+"""The CPU OCR engine (rapidocr) by detector size: seconds per page and quality, in one run.
+
+Run: ``.venv/bin/python -m bench.cpu_ocr [--sides 960 1600 2400] [--repeat 2]``.
+
+Each setting reads the quality harness's document set (``serve_app.testing.docset``) plus A4
+pages of small print, in this process (no Serve), one page at a time as a replica does, and
+prints seconds per page, the ratio against the configured default (``RapidOCRConfig``) and
+the character error rate and line recall of ``bench.scoring``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import time
+
+import numpy as np
+
+from bench import scoring
+from serve_app.config import RapidOCRConfig
+from serve_app.core.grounding import Box, parse_grounded
+from serve_app.core.images import decode_image, to_model_rgb
+from serve_app.core.pdf import looks_like_pdf, open_pdf
+from serve_app.core.prompts import Task, build_prompt
+from serve_app.core.tiling import PageImage
+from serve_app.engine.protocol import GenerateRequest
+from serve_app.engine.rapid import RapidOCREngine
+from serve_app.engine.recognize import generate_once
+from serve_app.testing.docset import (
+    Case,
+    PageSpec,
+    TruePage,
+    document_set,
+    pdf_cases,
+    stacked_lines,
+)
+
+
+def small_print_case() -> Case:
+    """Two A4 pages of 9 pt text at 144 dpi: where a smaller detector starts to miss lines."""
+    words = "the quick brown fox jumps over a lazy dog while seven wizards quietly box"
+    lines = [(f"{n:02d} {words}", "helv", 9.0) for n in range(40)]
+    spec = PageSpec(595, 842, stacked_lines(lines, margin=48, leading=1.6))
+    (case,) = pdf_cases("small_print", [spec, spec], (144,))
+    return case
+
+
+def pages(case: Case) -> list[tuple[np.ndarray, TruePage]]:
+    dpi = int(case.fields.get("dpi", 144))
+    if looks_like_pdf(case.data):
+        with open_pdf(case.data) as doc:
+            images = [to_model_rgb(doc.render(i, dpi)) for i in range(doc.page_count)]
+    else:
+        images = [to_model_rgb(decode_image(case.data))]
+    return [(np.asarray(image), truth) for image, truth in zip(images, case.pages, strict=True)]
+
+
+async def read_all(
+    side: int, work: list[tuple[np.ndarray, TruePage]], repeat: int
+) -> dict[str, float]:
+    engine = RapidOCREngine(RapidOCRConfig(max_side=side))
+    await engine.start()
+    seconds: list[float] = []
+    errors = ref_chars = hits = lines = 0
+    for round_ in range(repeat):
+        for n, (pixels, truth) in enumerate(work):
+            request = GenerateRequest(f"{side}-{round_}-{n}", build_prompt(Task.OCR),
+                                      PageImage(pixels), task=Task.OCR)  # fmt: skip
+            start = time.perf_counter()
+            generation = await generate_once(engine, request)
+            seconds.append(time.perf_counter() - start)
+            if round_:
+                continue
+            regions = parse_grounded(generation.text).regions  # task ocr: labels are the lines
+            found = "\n".join(region.label or "" for region in regions)
+            edits, length = scoring.char_errors(truth.text, found)
+            errors, ref_chars = errors + edits, ref_chars + length
+            boxes = [_pixels(box, truth) for region in regions for box in region.boxes]
+            match = scoring.match_lines([line.box for line in truth.lines], boxes)
+            hits, lines = hits + match.hits, lines + len(truth.lines)
+    await engine.shutdown()
+    return {
+        "s/page": sum(seconds) / len(seconds),
+        "cer": errors / ref_chars,
+        "recall": hits / lines,
+    }
+
+
+def _pixels(box: Box, truth: TruePage) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = box.to_pixels(truth.width, truth.height).as_list()
+    return float(x1), float(y1), float(x2), float(y2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sides", type=int, nargs="+", default=[960, 1600, 2400])
+    parser.add_argument("--repeat", type=int, default=2, help="timed rounds (quality: first)")
+    args = parser.parse_args()
+    quality = [page for case in document_set() for page in pages(case)]
+    small = pages(small_print_case())
+    work = quality + small
+    default = RapidOCRConfig().max_side
+    sides = sorted({*args.sides, default})
+    rows = {side: asyncio.run(read_all(side, work, args.repeat)) for side in sides}
+    machine = f"{platform.machine()}, {os.cpu_count()} cpus"
+    print(f"machine: {machine}; {len(work)} pages: {len(quality)} of the quality set, "
+          f"{len(small)} A4 of 9 pt; {args.repeat} rounds")  # fmt: skip
+    print(f"{'max_side':>8}  {'s/page':>7}  {'vs default':>10}  {'CER':>6}  {'line recall':>11}")
+    for side, row in rows.items():
+        ratio = row["s/page"] / rows[default]["s/page"]
+        mark = " (default)" if side == default else ""
+        print(f"{side:>8}  {row['s/page']:>7.2f}  {ratio:>9.2f}x  {row['cer']:>6.3f}  "
+              f"{row['recall']:>11.3f}{mark}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
