@@ -53,6 +53,7 @@ bench: setup
 	$(PY) -m bench.serve
 	$(PY) -m bench.memory
 	$(PY) -m bench.load
+	$(PY) -m bench.cpu_ocr
 
 # Starts two real engines in turn (several minutes on a 2-core machine).
 bench-engine: setup

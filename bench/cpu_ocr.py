@@ -39,9 +39,9 @@ from serve_app.testing.docset import (
 
 
 def small_print_case() -> Case:
-    """Two A4 pages of 9 pt text at 144 dpi: where a smaller detector starts to miss lines."""
+    """Two A4 pages of 7 pt text at 144 dpi (14 px lines): where a smaller detector would miss."""
     words = "the quick brown fox jumps over a lazy dog while seven wizards quietly box"
-    lines = [(f"{n:02d} {words}", "helv", 9.0) for n in range(40)]
+    lines = [(f"{n:02d} {words}", "helv", 7.0) for n in range(40)]
     spec = PageSpec(595, 842, stacked_lines(lines, margin=48, leading=1.6))
     (case,) = pdf_cases("small_print", [spec, spec], (144,))
     return case
@@ -58,9 +58,10 @@ def pages(case: Case) -> list[tuple[np.ndarray, TruePage]]:
 
 
 async def read_all(
-    side: int, work: list[tuple[np.ndarray, TruePage]], repeat: int
+    config: RapidOCRConfig, work: list[tuple[np.ndarray, TruePage]], repeat: int
 ) -> dict[str, float]:
-    engine = RapidOCREngine(RapidOCRConfig(max_side=side))
+    side = config.max_side
+    engine = RapidOCREngine(config)
     await engine.start()
     seconds: list[float] = []
     errors = ref_chars = hits = lines = 0
@@ -97,16 +98,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sides", type=int, nargs="+", default=[960, 1600, 2400])
     parser.add_argument("--repeat", type=int, default=2, help="timed rounds (quality: first)")
+    parser.add_argument("--turn-lines", action="store_true", help="RapidOCRConfig.turn_lines")
     args = parser.parse_args()
     quality = [page for case in document_set() for page in pages(case)]
     small = pages(small_print_case())
     work = quality + small
     default = RapidOCRConfig().max_side
     sides = sorted({*args.sides, default})
-    rows = {side: asyncio.run(read_all(side, work, args.repeat)) for side in sides}
+    rows = {
+        side: asyncio.run(
+            read_all(RapidOCRConfig(max_side=side, turn_lines=args.turn_lines), work, args.repeat)
+        )
+        for side in sides
+    }
     machine = f"{platform.machine()}, {os.cpu_count()} cpus"
-    print(f"machine: {machine}; {len(work)} pages: {len(quality)} of the quality set, "
-          f"{len(small)} A4 of 9 pt; {args.repeat} rounds")  # fmt: skip
+    print(
+        f"machine: {machine}; {len(work)} pages: {len(quality)} of the quality set, "
+        f"{len(small)} A4 of 7 pt; {args.repeat} rounds; turn_lines={args.turn_lines}"
+    )
     print(f"{'max_side':>8}  {'s/page':>7}  {'vs default':>10}  {'CER':>6}  {'line recall':>11}")
     for side, row in rows.items():
         ratio = row["s/page"] / rows[default]["s/page"]

@@ -94,6 +94,12 @@ class RapidOCRConfig(_Config):
     min_score: float = Field(
         0.5, ge=0.0, le=1.0, description="Recognised lines below this confidence are dropped."
     )
+    turn_lines: bool = Field(
+        False,
+        description="Classify each line's angle and turn upside-down ones (scans fed in upside "
+        "down without EXIF orientation). Off: on upright pages of small print the classifier "
+        "turned correct lines and garbled them (bench.cpu_ocr).",
+    )
 
 
 # Tasks per engine kind; ``None`` (a free-form prompt) only where a language model reads it.

@@ -53,6 +53,7 @@ class RapidOCREngine:
         ocr = RapidOCR(
             params={
                 "Global.log_level": "error",
+                "Global.use_cls": self._config.turn_lines,
                 "EngineConfig.onnxruntime.intra_op_num_threads": self._config.threads,
                 "EngineConfig.onnxruntime.inter_op_num_threads": 1,
                 "Det.limit_type": "max",
@@ -63,8 +64,9 @@ class RapidOCREngine:
         ocr(np.full((64, 256, 3), 255, np.uint8))  # loads the models now, not on the first page
         logger.info(
             "Engine start: kind=rapidocr threads=%d pages_at_once=%d max_side=%d min_score=%.2f "
-            "(models loaded in %.1f s)", self._config.threads, self._config.pages_at_once,
-            self._config.max_side, self._config.min_score, time.perf_counter() - start,
+            "turn_lines=%s (models loaded in %.1f s)", self._config.threads,
+            self._config.pages_at_once, self._config.max_side, self._config.min_score,
+            self._config.turn_lines, time.perf_counter() - start,
         )  # fmt: skip
         return ocr
 
