@@ -4,7 +4,9 @@ deployment per served model (``EngineDeployment-<model>``)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from typing import cast
 
 from ray import serve
@@ -19,14 +21,18 @@ from serve_app.errors import EngineCrashedError
 from serve_app.messages import PageTask, PreparedPage
 from serve_app.stages import Recognizer
 
+logger = logging.getLogger("ray.serve")
+
 
 @serve.deployment
 class EngineDeployment:
     async def __init__(self, model: str, config: EngineConfig) -> None:
         setup_replica("engine")
-        self.model = model
+        start = time.perf_counter()
         engine = make_engine(config, serve.get_replica_context().rank.rank)
         await asyncio.wait_for(engine.start(), timeout=config.start_timeout_s)
+        logger.info("Model %s: %s engine ready in %.1f s (reads %s)", model, config.kind,
+                    time.perf_counter() - start, config.reads)  # fmt: skip
         self._recognizer = Recognizer(engine, config)
         self._replica_id = serve.get_replica_context().replica_id.unique_id
 

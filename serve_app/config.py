@@ -187,6 +187,11 @@ class EngineConfig(_Config):
         return "page" if self.kind == "rapidocr" else "views"
 
     @property
+    def resolved_retry(self) -> RetryConfig:
+        """The retry policy; none for rapidocr, whose output does not depend on temperature."""
+        return RetryConfig(temperatures=()) if self.kind == "rapidocr" else self.retry
+
+    @property
     def tasks(self) -> frozenset[Task | None]:
         """The tasks this engine can do; ``None`` stands for a free-form prompt."""
         if self.kind == "rapidocr":

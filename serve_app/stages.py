@@ -123,7 +123,7 @@ class Recognizer:
                 logprobs=options.return_tokens,
                 trace_headers=tracing.current_carrier(),
             )
-            generation = await recognize(self.engine, request, self._config.retry)
+            generation = await recognize(self.engine, request, self._config.resolved_retry)
             tracing.set_attributes(span, {
                 "ocr.prompt_tokens": generation.prompt_tokens,
                 "ocr.completion_tokens": generation.completion_tokens,

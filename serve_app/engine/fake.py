@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from serve_app.config import FakeEngineConfig, SamplingConfig
 from serve_app.core.tiling import PreparedImage
+from serve_app.engine.in_flight import InFlight
 from serve_app.engine.protocol import FinishReason, GenerateRequest, GenerateUpdate
 from serve_app.errors import (
     EngineCrashedError,
@@ -71,7 +72,7 @@ class FakeEngine:
         )
         self._ready = False
         self._requests = 0
-        self._running: dict[str, asyncio.Event] = {}
+        self._running = InFlight()
 
     async def start(self) -> None:
         await asyncio.sleep(self._start_latency_s)
@@ -84,12 +85,10 @@ class FakeEngine:
         return len(self._running)
 
     async def abort(self, request_id: str) -> None:
-        if request_id in self._running:
-            self._running[request_id].set()
+        self._running.abort(request_id)
 
     async def shutdown(self) -> None:
-        for event in self._running.values():
-            event.set()
+        self._running.abort_all()
         self._ready = False
 
     def _crash(self, number: int) -> None:
@@ -100,26 +99,22 @@ class FakeEngine:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateUpdate]:
         if not self._ready:
             raise NotReadyError("the engine is still starting")
-        if request.request_id in self._running:
-            raise InvalidInputError(f"request id {request.request_id!r} is already running")
         if not request.prompt.startswith("<image>"):
             raise InvalidInputError("the prompt must start with the <image> placeholder")
         if not isinstance(request.image, PreparedImage):
             raise InvalidInputError("the fake engine reads tiled views, not the page's pixels")
-        self._requests += 1
-        number = self._requests
-        if self._config.fail_every and number % self._config.fail_every == 0:
-            raise GenerationError(f"injected failure on request {number}")
-        tokens = _tokens(scripted_output(request))
-        limit = request.max_tokens or self._sampling.max_tokens
-        if self._config.truncate_every and number % self._config.truncate_every == 0:
-            limit = min(limit, max(1, len(tokens) // 4))
-        finish: FinishReason = "length" if len(tokens) > limit else "stop"
-        tokens = tokens[:limit]
-        prompt_tokens = 1 + len(request.prompt.encode()) - 6 + request.image.num_image_tokens
-        aborted = asyncio.Event()
-        self._running[request.request_id] = aborted
-        try:
+        with self._running.running(request.request_id) as aborted:
+            self._requests += 1
+            number = self._requests
+            if self._config.fail_every and number % self._config.fail_every == 0:
+                raise GenerationError(f"injected failure on request {number}")
+            tokens = _tokens(scripted_output(request))
+            limit = request.max_tokens or self._sampling.max_tokens
+            if self._config.truncate_every and number % self._config.truncate_every == 0:
+                limit = min(limit, max(1, len(tokens) // 4))
+            finish: FinishReason = "length" if len(tokens) > limit else "stop"
+            tokens = tokens[:limit]
+            prompt_tokens = 1 + len(request.prompt.encode()) - 6 + request.image.num_image_tokens
             await asyncio.sleep(self._config.first_token_latency_s)
             if request.image.width == self._config.crash_on_width:
                 await asyncio.sleep(self._config.crash_delay_s)
@@ -140,5 +135,3 @@ class FakeEngine:
                     prompt_tokens=prompt_tokens,
                     completion_tokens=start + len(chunk),
                 )
-        finally:
-            del self._running[request.request_id]

@@ -24,6 +24,7 @@ from serve_app.config import RapidOCRConfig
 from serve_app.core.prompts import IMAGE_PLACEHOLDER
 from serve_app.core.text_lines import from_quads, lines_output, reading_order
 from serve_app.core.tiling import PageImage
+from serve_app.engine.in_flight import InFlight
 from serve_app.engine.protocol import FinishReason, GenerateRequest, GenerateUpdate
 from serve_app.errors import GenerationError, InvalidInputError, NotReadyError
 
@@ -41,7 +42,7 @@ class RapidOCREngine:
         self._config = config
         self._ocr: Any = None
         self._turns = asyncio.Semaphore(config.pages_at_once)
-        self._running: dict[str, asyncio.Event] = {}
+        self._running = InFlight()
 
     async def start(self) -> None:
         self._ocr = await asyncio.to_thread(self._load)
@@ -77,26 +78,20 @@ class RapidOCREngine:
         return len(self._running)
 
     async def abort(self, request_id: str) -> None:
-        if request_id in self._running:
-            self._running[request_id].set()
+        self._running.abort(request_id)
 
     async def shutdown(self) -> None:
-        for event in self._running.values():
-            event.set()
+        self._running.abort_all()
         self._ocr = None
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateUpdate]:
         if self._ocr is None:
             raise NotReadyError("the engine is still starting")
-        if request.request_id in self._running:
-            raise InvalidInputError(f"request id {request.request_id!r} is already running")
         if not request.prompt.startswith(IMAGE_PLACEHOLDER):
             raise InvalidInputError("the prompt must start with the <image> placeholder")
         if not isinstance(request.image, PageImage):
             raise InvalidInputError("rapidocr reads the page's pixels, not DeepSeek's views")
-        aborted = asyncio.Event()
-        self._running[request.request_id] = aborted
-        try:
+        with self._running.running(request.request_id) as aborted:
             start = time.perf_counter()
             async with self._turns:
                 queued_s = time.perf_counter() - start
@@ -124,8 +119,6 @@ class RapidOCREngine:
                     queued_s=queued_s if n == len(pieces) else None,
                 )
                 await asyncio.sleep(0)  # an abort between lines is seen
-        finally:
-            del self._running[request.request_id]
 
     def _read(self, request: GenerateRequest) -> tuple[str, float]:
         """The page's answer for the request's task, and the mean confidence of its lines."""

@@ -27,7 +27,7 @@ from serve_app.engine.fake import FakeEngine
 from serve_app.engine.protocol import GenerateRequest
 from serve_app.engine.recognize import recognize
 from serve_app.engine.source import ModelUnavailableError, resolve_model
-from serve_app.errors import GenerationError, NotReadyError
+from serve_app.errors import GenerationError, InvalidInputError, NotReadyError
 from serve_app.testing.synthetic import noise_rgb
 
 IMAGE_VIEWS = prepare_image(noise_rgb(300, 200, seed=0), get_mode("tiny"))
@@ -153,3 +153,19 @@ def _prod(shape: tuple[int, ...]) -> int:
     for d in shape:
         out *= d
     return out
+
+
+def test_in_flight_refuses_a_running_id_and_raises_abort_flags() -> None:
+    from serve_app.engine.in_flight import InFlight
+
+    running = InFlight()
+    with running.running("a") as flag_a, running.running("b") as flag_b:
+        assert len(running) == 2
+        with pytest.raises(InvalidInputError, match="'a' is already running"), running.running("a"):
+            pass
+        running.abort("a")
+        running.abort("unknown")  # finished or never started: nothing to do
+        assert (flag_a.is_set(), flag_b.is_set()) == (True, False)
+        running.abort_all()
+        assert flag_b.is_set()
+    assert len(running) == 0

@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from deployments.app import build_app, deployment_names
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, EngineConfig
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
 
@@ -122,3 +122,9 @@ def test_model_ids_and_the_default_are_checked(change: dict[str, Any], message: 
 def test_misspelled_keys_fail(typo: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         build_app({**app_args(), **typo})
+
+
+def test_rapidocr_is_not_retried_at_other_temperatures() -> None:
+    """Its output does not depend on temperature: a truncated page would come back the same."""
+    assert EngineConfig(kind="rapidocr").resolved_retry.temperatures == ()
+    assert EngineConfig(kind="vllm").resolved_retry.temperatures == (0.2, 0.5)
