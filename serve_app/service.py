@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from serve_app.access_log import logged_pages, note, request_id_of
 from serve_app.chat import chat_fields, chat_response, read_chat_request, sse_events
 from serve_app.config import AppConfig, IngressConfig
+from serve_app.core.modes import mode_names
 from serve_app.core.prompts import Task
 from serve_app.errors import EngineTimeoutError, OCRError
 from serve_app.fetch import FetchPolicy, UrlNotAllowedError, fetch_url
@@ -47,7 +48,7 @@ def model_card(limits: Limits) -> dict[str, Any]:
         "owned_by": "deepseek-ocr-serve",
         "tasks": [task.value for task in Task if task in limits.tasks],
         "free_form_prompts": None in limits.tasks,
-        "modes": limits.reads == "views",
+        "modes": mode_names(limits.family) if limits.reads == "views" else [],
     }
 
 

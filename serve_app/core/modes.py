@@ -120,6 +120,16 @@ _OCR2_MODES: dict[ModeName, Mode] = {
 }
 
 
+def mode_names(family: ModelFamily) -> list[str]:
+    """The modes a family supports, smallest first.
+
+    >>> mode_names(ModelFamily.OCR2)
+    ['gundam']
+    """
+    table = _OCR1_MODES if family is ModelFamily.OCR1 else _OCR2_MODES
+    return [name.value for name in table]
+
+
 def get_mode(
     name: str | ModeName,
     *,

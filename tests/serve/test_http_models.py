@@ -118,6 +118,7 @@ def test_models_lists_both_the_default_first(client: httpx.Client) -> None:
     rapid, deepseek = body["data"]
     assert rapid["tasks"] == ["document", "ocr", "free", "locate"]
     assert not rapid["free_form_prompts"] and deepseek["free_form_prompts"]
+    assert (rapid["modes"], deepseek["modes"]) == ([], ["tiny", "small", "base", "large", "gundam"])
     assert deepseek["tasks"] == ["document", "ocr", "free", "figure", "describe", "locate"]
 
 
