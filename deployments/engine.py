@@ -12,7 +12,7 @@ from typing import cast
 from ray import serve
 
 from deployments.page_data import page_data
-from deployments.telemetry import setup_replica
+from deployments.telemetry import serve_log_file_kept, setup_replica
 from serve_app.config import EngineConfig
 from serve_app.core.tiling import EngineImage
 from serve_app.engine import make_engine
@@ -29,8 +29,9 @@ class EngineDeployment:
     async def __init__(self, model: str, config: EngineConfig) -> None:
         setup_replica("engine")
         start = time.perf_counter()
-        engine = make_engine(config, serve.get_replica_context().rank.rank)
-        await asyncio.wait_for(engine.start(), timeout=config.start_timeout_s)
+        with serve_log_file_kept():  # importing vLLM reconfigures logging
+            engine = make_engine(config, serve.get_replica_context().rank.rank)
+            await asyncio.wait_for(engine.start(), timeout=config.start_timeout_s)
         logger.info("Model %s: %s engine ready in %.1f s (reads %s)", model, config.kind,
                     time.perf_counter() - start, config.reads)  # fmt: skip
         self._recognizer = Recognizer(engine, config)

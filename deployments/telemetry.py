@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ray.util import metrics as ray_metrics
@@ -66,3 +69,23 @@ def setup_replica(component: str) -> None:
         serve_logger = logging.getLogger("ray.serve")
         if not any(isinstance(f, TraceIdFilter) for f in serve_logger.filters):
             serve_logger.addFilter(TraceIdFilter())
+
+
+@contextmanager
+def serve_log_file_kept() -> Iterator[None]:
+    """Keep this replica's Serve log file through code that calls ``logging.config.dictConfig``
+    (vLLM does when it is imported): that closes every handler in the process, and Serve's
+    buffering handler, its target gone, would then keep every later record in memory and
+    write none to the replica's log file."""
+    serve_logger = logging.getLogger("ray.serve")
+    targets = {
+        handler: handler.target
+        for handler in serve_logger.handlers
+        if isinstance(handler, logging.handlers.MemoryHandler) and handler.target is not None
+    }
+    try:
+        yield
+    finally:
+        for handler, target in targets.items():
+            if handler.target is None:
+                handler.setTarget(target)  # a closed file handler reopens its file on write

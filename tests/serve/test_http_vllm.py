@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -131,3 +133,22 @@ def test_openai_client_chat_with_an_image(vllm_app: httpx.Client) -> None:
     assert last.choices[0].finish_reason == "length"
     assert last.usage is not None and last.usage.completion_tokens == 8
     assert last.usage.prompt_tokens == result.usage.prompt_tokens
+
+
+def test_the_engine_replica_still_writes_its_log_file_after_vllm_starts(
+    vllm_app: httpx.Client,
+) -> None:
+    """Importing vLLM runs logging.config.dictConfig, which closes every handler in the process;
+    Serve's buffered file handler then kept every record in memory and wrote none."""
+    png = encode(noise_rgb(300, 200, seed=5))
+    r = vllm_app.post("/v1/ocr", files={"file": ("p.png", png, "image/png")}, data={"mode": "tiny"})
+    assert r.status_code == 200
+    pattern = "/tmp/rt-ocr/session_latest/logs/serve/replica_ocr-vllm_EngineDeployment-*.log"
+    deadline = time.monotonic() + 10
+    while True:
+        text = "".join(Path(path).read_text(errors="replace") for path in glob.glob(pattern))
+        if "CALL recognize OK" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert "Model deepseek-ocr: vllm engine ready in" in text
+    assert "CALL recognize OK" in text
