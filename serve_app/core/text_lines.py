@@ -17,6 +17,11 @@ from serve_app.core.prompts import Task
 MIN_GUTTER = 0.02
 # More side-by-side groups than this are a table's columns (read row by row), not text columns.
 MAX_TEXT_COLUMNS = 2
+# A line continues the paragraph above it when the gap between them is below this share of
+# its height, their heights differ by at most HEIGHT_RATIO, and their left edges by at most
+# a line height (an indented line starts a paragraph).
+PARAGRAPH_GAP = 0.8
+HEIGHT_RATIO = 1.25
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,40 @@ def _rows(lines: list[TextLine]) -> list[TextLine]:
     return [line for row in rows for line in sorted(row, key=lambda line: line.box[0])]
 
 
+def paragraphs(lines: Sequence[TextLine]) -> list[TextLine]:
+    """Lines in reading order joined into paragraphs: each continues the one above it (see
+    :data:`PARAGRAPH_GAP`); a paragraph's box is the union of its lines', its text theirs
+    joined by spaces, its score their lowest.
+
+    >>> first, second = TextLine((10, 0, 300, 20), "A long"), TextLine((10, 24, 200, 44), "line")
+    >>> paragraphs([first, second])
+    [TextLine(box=(10, 0, 300, 44), text='A long line', score=1.0)]
+    """
+    out: list[TextLine] = []
+    last: TextLine | None = None  # the paragraph's last line
+    for line in lines:
+        if last is not None and _continues(last, line):
+            top = out[-1]
+            box = (min(top.box[0], line.box[0]), top.box[1],
+                   max(top.box[2], line.box[2]), max(top.box[3], line.box[3]))  # fmt: skip
+            out[-1] = TextLine(box, f"{top.text} {line.text}", min(top.score, line.score))
+        else:
+            out.append(line)
+        last = line
+    return out
+
+
+def _continues(above: TextLine, line: TextLine) -> bool:
+    low, high = sorted((above.height, line.height))
+    gap = line.box[1] - above.box[3]
+    return (
+        low > 0
+        and high <= HEIGHT_RATIO * low
+        and -0.5 * low < gap < PARAGRAPH_GAP * low
+        and abs(line.box[0] - above.box[0]) <= low
+    )
+
+
 def lines_output(
     lines: Sequence[TextLine],
     task: Task | None,
@@ -134,7 +173,8 @@ def lines_output(
     """What DeepSeek-OCR would answer for ``task``, from lines already in reading order:
 
     - ``ocr``: a ``<|ref|>line<|/ref|><|det|>[[box]]<|/det|>`` per line (labels are text);
-    - ``document``: a ``text`` block per line, its text below its box (markdown paragraphs);
+    - ``document``: a ``text`` block per paragraph (:func:`paragraphs`), its text below its
+      box;
     - ``free``: the lines' text, one per line, no boxes;
     - ``locate``: the boxes of the lines containing ``phrase`` (case-insensitive).
 
@@ -145,15 +185,17 @@ def lines_output(
     def box(line: TextLine) -> Box:
         return box_to_999(*line.box, width, height)
 
+    lines = [TextLine(line.box, strip_markup(line.text).strip(), line.score) for line in lines]
+
     if task is Task.OCR:
         return grounded_lines([(box(line), line.text) for line in lines])
     if task is Task.DOCUMENT:
         return "".join(
-            f"{grounded_lines([(box(line), 'text')])}{strip_markup(line.text).strip()}\n\n"
-            for line in lines
+            f"{grounded_lines([(box(block), 'text')])}{block.text}\n\n"
+            for block in paragraphs(lines)
         )
     if task is Task.FREE:
-        return "".join(f"{strip_markup(line.text).strip()}\n" for line in lines)
+        return "".join(f"{line.text}\n" for line in lines)
     if task is Task.LOCATE and phrase:
         found = [box(line) for line in lines if phrase.casefold() in line.text.casefold()]
         if not found:

@@ -83,13 +83,16 @@ def test_drawn_words_come_back_inside_their_boxes(client: httpx.Client, case: Ca
                 )
 
 
-def test_the_document_task_gives_the_lines_as_markdown(client: httpx.Client) -> None:
+def test_the_document_task_gives_paragraphs_as_markdown(client: httpx.Client) -> None:
     (case,) = [c for c in cases() if c.name == "png"]
     r = post(client, case)  # the default task: document
 
     page = r.json()["pages"][0]
-    assert page["markdown"] == "\n\n".join(line.text for line in case.pages[0].lines)
-    assert {region["label"] for region in page["regions"]} == {"text"}
+    # The page's two lines, set one below the other, read as one paragraph in one box.
+    assert page["markdown"] == " ".join(line.text for line in case.pages[0].lines)
+    (region,) = page["regions"]
+    assert region["label"] == "text"
+    assert all(inside(word.ink, region["boxes"][0]) for word in case.pages[0].words)
 
 
 def test_each_request_is_answered_by_the_model_it_names(client: httpx.Client) -> None:

@@ -7,7 +7,13 @@ import pytest
 from serve_app.core.grounding import Box, parse_grounded
 from serve_app.core.markdown import page_markdown
 from serve_app.core.prompts import Task
-from serve_app.core.text_lines import TextLine, from_quads, lines_output, reading_order
+from serve_app.core.text_lines import (
+    TextLine,
+    from_quads,
+    lines_output,
+    paragraphs,
+    reading_order,
+)
 
 W, H = 1000, 800
 
@@ -70,13 +76,28 @@ def test_ocr_task_labels_are_the_lines_and_boxes_contain_them() -> None:
         assert pixel.x1 <= x1 and pixel.y1 <= y1 and pixel.x2 >= x2 and pixel.y2 >= y2
 
 
-def test_document_task_gives_text_blocks_that_become_paragraphs() -> None:
+def test_document_task_gives_a_text_block_per_paragraph() -> None:
     grounded = parse_grounded(lines_output(LINES, Task.DOCUMENT, W, H))
 
-    assert [(r.label, r.text.strip()) for r in grounded.regions] == [
-        ("text", "Total: 12"), ("text", "Second line")
-    ]  # fmt: skip
-    assert page_markdown(grounded, page_number=1) == "Total: 12\n\nSecond line"
+    # 20 px apart at 30 px high, aligned: the second line continues the first.
+    (region,) = grounded.regions
+    assert (region.label, region.text.strip()) == ("text", "Total: 12 Second line")
+    assert region.boxes[0].to_pixels(W, H) == Box(99, 49, 500, 130)  # the union, contained
+    assert page_markdown(grounded, page_number=1) == "Total: 12 Second line"
+
+
+@pytest.mark.parametrize(
+    ("below", "why"),
+    [
+        (line("far below", 100, 110, 500, 140), "a gap of a line height"),
+        (line("indented", 140, 100, 500, 130), "indented by more than a line height"),
+        (line("heading size", 100, 100, 500, 150), "a different size"),
+        (line("above", 100, 10, 500, 40), "not below"),
+    ],
+)
+def test_a_new_paragraph_starts(below: TextLine, why: str) -> None:
+    first = line("first", 100, 50, 500, 80)
+    assert [p.text for p in paragraphs([first, below])] == ["first", below.text], why
 
 
 def test_free_task_is_plain_text() -> None:
