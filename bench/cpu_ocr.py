@@ -19,15 +19,15 @@ import time
 import numpy as np
 
 from bench import scoring
-from serve_app.config import RapidOCRConfig
+from serve_app.config import PreprocessConfig, RapidOCRConfig
 from serve_app.core.grounding import Box, parse_grounded
-from serve_app.core.images import decode_image, to_model_rgb
-from serve_app.core.pdf import looks_like_pdf, open_pdf
 from serve_app.core.prompts import Task, build_prompt
 from serve_app.core.tiling import PageImage
 from serve_app.engine.protocol import GenerateRequest
 from serve_app.engine.rapid import RapidOCREngine
 from serve_app.engine.recognize import generate_once
+from serve_app.messages import OCROptions, PageTask
+from serve_app.stages import Preprocessor
 from serve_app.testing.docset import (
     Case,
     PageSpec,
@@ -48,13 +48,17 @@ def small_print_case() -> Case:
 
 
 def pages(case: Case) -> list[tuple[np.ndarray, TruePage]]:
-    dpi = int(case.fields.get("dpi", 144))
-    if looks_like_pdf(case.data):
-        with open_pdf(case.data) as doc:
-            images = [to_model_rgb(doc.render(i, dpi)) for i in range(doc.page_count)]
-    else:
-        images = [to_model_rgb(decode_image(case.data))]
-    return [(np.asarray(image), truth) for image, truth in zip(images, case.pages, strict=True)]
+    """The case's pages as the service's preprocess hands them to a page reader."""
+    pre = Preprocessor(PreprocessConfig())
+    options = OCROptions(model="rapidocr", reads="page", dpi=int(case.fields.get("dpi", 144)))
+    info = pre.inspect(case.data, options, max_pages=50)
+    out = []
+    for index, truth in zip(info.selected, case.pages, strict=True):
+        task = PageTask("bench", index, info.kind, options)
+        _, image, _ = pre.prepare(case.data, task)
+        assert isinstance(image, PageImage)
+        out.append((image.pixels, truth))
+    return out
 
 
 async def read_all(

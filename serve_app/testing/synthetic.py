@@ -135,15 +135,3 @@ def text_pdf(num_pages: int, *, size: tuple[float, float] = (595, 842)) -> bytes
     data: bytes = doc.tobytes()
     doc.close()
     return data
-
-
-def text_lines_rgb(lines: list[str], *, size: int = 32, width: int = 640) -> Image.Image:
-    """Black lines of text on white, in Pillow's built-in font (no system fonts needed)."""
-    from PIL import ImageDraw, ImageFont
-
-    font = ImageFont.load_default(size=size)
-    image = Image.new("RGB", (width, 2 * size * len(lines) + size), "white")
-    draw = ImageDraw.Draw(image)
-    for n, line in enumerate(lines):
-        draw.text((size, size + 2 * size * n), line, font=font, fill="black")
-    return image

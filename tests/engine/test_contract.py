@@ -16,14 +16,17 @@ from serve_app.engine.protocol import GenerateRequest, GenerateUpdate, OCREngine
 from serve_app.engine.rapid import RapidOCREngine
 from serve_app.engine.recognize import generate_once, recognize
 from serve_app.errors import InvalidInputError
-from serve_app.testing.synthetic import noise_rgb, text_lines_rgb
+from serve_app.testing.docset import render, text_page
+from serve_app.testing.synthetic import noise_rgb
 from tests.support import LoopThread
 
 _ids = itertools.count()
 # Tiny mode keeps the real engine's vision encoder cheap on CPU.
 IMAGE = prepare_image(noise_rgb(500, 400, seed=11), get_mode("tiny"))
 # What a page-reading engine gets: pixels with a few lines of text, so it has output.
-PAGE = PageImage(np.asarray(text_lines_rgb(["Contract line one", "Second line 42", "Third"])))
+PAGE = PageImage(
+    np.asarray(render([text_page(["Contract line one", "Second line 42", "Third"])])[0][0])
+)
 
 
 def image_for(engine: OCREngine) -> EngineImage:

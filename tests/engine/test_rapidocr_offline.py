@@ -15,7 +15,7 @@ from serve_app.core.tiling import PageImage
 from serve_app.engine.protocol import GenerateRequest
 from serve_app.engine.rapid import RapidOCREngine
 from serve_app.engine.recognize import generate_once
-from serve_app.testing.synthetic import text_lines_rgb
+from serve_app.testing.docset import render, text_page
 
 
 def test_it_starts_and_reads_with_the_network_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,7 +31,8 @@ def test_it_starts_and_reads_with_the_network_cut_off(monkeypatch: pytest.Monkey
     async def start_and_read() -> str:
         engine = RapidOCREngine(RapidOCRConfig())
         await engine.start()
-        page = PageImage(np.asarray(text_lines_rgb(["Offline reading works"])))
+        ((image, _),) = render([text_page(["Offline reading works"])])
+        page = PageImage(np.asarray(image))
         request = GenerateRequest("offline", build_prompt(Task.FREE), page, task=Task.FREE)
         return (await generate_once(engine, request)).text
 
