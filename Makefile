@@ -69,4 +69,4 @@ serve: setup
 
 # Regenerates each k8s overlay's serveConfigV2 from serve_config.yaml + its serve-overrides.yaml.
 k8s-config: setup
-	$(PY) -m serve_app.deploy_config
+	$(PY) -m serve_app.tooling.deploy_config

@@ -23,11 +23,11 @@ from serve_app.config import PreprocessConfig, RapidOCRConfig
 from serve_app.core.grounding import Box, parse_grounded
 from serve_app.core.prompts import Task, build_prompt
 from serve_app.core.tiling import PageImage
+from serve_app.documents.messages import OCROptions, PageTask
+from serve_app.documents.stages import Preprocessor
 from serve_app.engine.protocol import GenerateRequest
 from serve_app.engine.rapid import RapidOCREngine
 from serve_app.engine.recognize import generate_once
-from serve_app.messages import OCROptions, PageTask
-from serve_app.stages import Preprocessor
 from serve_app.testing.docset import (
     Case,
     PageSpec,
@@ -55,7 +55,7 @@ def pages(case: Case) -> list[tuple[np.ndarray, TruePage]]:
     out = []
     for index, truth in zip(info.selected, case.pages, strict=True):
         task = PageTask("bench", index, info.kind, options)
-        _, image, _ = pre.prepare(case.data, task)
+        image = pre.prepare(case.data, task).image
         assert isinstance(image, PageImage)
         out.append((image.pixels, truth))
     return out

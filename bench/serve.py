@@ -29,12 +29,12 @@ from serve_app.core.modes import get_mode
 from serve_app.core.pdf import open_pdf
 from serve_app.core.prompts import Task, build_prompt
 from serve_app.core.tiling import prepare_image
+from serve_app.documents.messages import OCROptions
+from serve_app.documents.run import DocumentRunner
+from serve_app.documents.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
 from serve_app.engine.fake import FakeEngine
 from serve_app.engine.protocol import GenerateRequest
 from serve_app.engine.recognize import generate_once
-from serve_app.messages import OCROptions
-from serve_app.pipeline import OCRPipeline
-from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
 
 
@@ -115,11 +115,11 @@ def main() -> None:
             Postprocessor(config.postprocess),
             max_pages=10,
         )
-        pipeline = OCRPipeline(stages, pages_in_flight=8)
+        runner = DocumentRunner(stages, pages_in_flight=8)
 
         async def in_process(i: int) -> None:
-            _, pages = await pipeline.run(png, options, f"p{i}")
-            [r async for r in pages]
+            run = await runner.start(f"p{i}", png, options)
+            await run.collect()
 
         rows["pipeline in one process"] = await measure(in_process, args.requests, args.concurrency)
 
@@ -198,7 +198,7 @@ def ingress_bytes_per_page(png: bytes, options: OCROptions) -> tuple[int, int, i
     import ray
     from ray import cloudpickle, serve
 
-    from serve_app.messages import PageTask
+    from serve_app.documents.messages import PageTask
 
     def handle(name: str) -> Any:
         return serve.get_deployment_handle(name, app_name="bench")

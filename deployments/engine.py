@@ -7,19 +7,17 @@ import asyncio
 import logging
 import os
 import time
-from typing import cast
 
 from ray import serve
 
-from deployments.page_data import page_data
+from deployments.page_data import StoredPage, page_data
 from deployments.telemetry import serve_log_file_kept, setup_replica
 from serve_app.config import EngineConfig
-from serve_app.core.tiling import EngineImage
+from serve_app.documents.messages import PageTask
+from serve_app.documents.stages import Recognizer
 from serve_app.engine import make_engine
 from serve_app.engine.recognize import PageGeneration
 from serve_app.errors import EngineCrashedError
-from serve_app.messages import PageTask, PreparedPage
-from serve_app.stages import Recognizer
 
 logger = logging.getLogger("ray.serve")
 
@@ -37,10 +35,10 @@ class EngineDeployment:
         self._recognizer = Recognizer(engine, config)
         self._replica_id = serve.get_replica_context().replica_id.unique_id
 
-    async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
+    async def recognize(self, page: StoredPage, task: PageTask) -> PageGeneration:
         image = await page_data(page.image)
         try:
-            return await self._recognizer.recognize(cast(EngineImage, image), task)
+            return await self._recognizer.recognize(image, task)
         except EngineCrashedError as crash:
             # Name this replica: the ingress counts the distinct replicas a page crashed.
             crash.replica = crash.replica or self._replica_id

@@ -1,7 +1,8 @@
-"""The pipeline's stages as calls to the other deployments (Ray Serve handles).
+"""A document run's stages as calls to the other deployments (Ray Serve handles).
 
-Only headers and references pass through here: preprocess leaves a page's views and pixels
-in the object store, and the engine and postprocess read them from there.
+Only headers and references pass through here: the upload is put in the object store once,
+preprocess leaves a page's views and pixels there, and the engine and postprocess read them
+from there.
 """
 
 from __future__ import annotations
@@ -10,18 +11,22 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import ray
+from ray import ObjectRef
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from deployments.page_data import StoredPage
 from serve_app.core.document import PageResult
+from serve_app.documents.messages import DocumentInfo, OCROptions, PageTask
 from serve_app.engine.recognize import PageGeneration
 from serve_app.errors import EngineCrashedError, OverloadedError, as_ocr_error
-from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
 
 
 class HandleStages:
-    """Implements :class:`serve_app.pipeline.Stages` over deployment handles."""
+    """:class:`serve_app.documents.stages.Stages` over deployment handles: the upload and
+    page data held in Ray's object store."""
 
     def __init__(
         self,
@@ -34,13 +39,16 @@ class HandleStages:
         self._pre, self._engines, self._post = pre, dict(engines), post
         self._max_pages = max_pages
 
-    async def inspect(self, source: object, options: OCROptions) -> DocumentInfo:
+    def store(self, data: bytes) -> ObjectRef[bytes]:
+        return ray.put(data)
+
+    async def inspect(self, source: ObjectRef[bytes], options: OCROptions) -> DocumentInfo:
         return await _overload_safe(self._pre.inspect.remote(source, options, self._max_pages))
 
-    async def prepare(self, source: object, task: PageTask) -> PreparedPage:
+    async def prepare(self, source: ObjectRef[bytes], task: PageTask) -> StoredPage:
         return await _overload_safe(self._pre.prepare.remote(source, task))
 
-    async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
+    async def recognize(self, page: StoredPage, task: PageTask) -> PageGeneration:
         try:
             engine = self._engines[task.options.model]
             return await _overload_safe(engine.recognize.remote(page, task))
@@ -50,7 +58,7 @@ class HandleStages:
             raise EngineCrashedError(message, replica=replica) from None
 
     async def postprocess(
-        self, page: PreparedPage, generation: PageGeneration, task: PageTask
+        self, page: StoredPage, generation: PageGeneration, task: PageTask
     ) -> PageResult:
         return await _overload_safe(self._post.page.remote(page, generation.text, task))
 

@@ -1,4 +1,5 @@
-"""HTTP ingress on Ray Serve: the API of :mod:`serve_app.api` over deployment handles."""
+"""HTTP ingress on Ray Serve: the API of :mod:`serve_app.api` running documents over
+deployment handles."""
 
 from __future__ import annotations
 
@@ -7,19 +8,19 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
-from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
 from deployments.handles import HandleStages
 from deployments.telemetry import RayRecorder, setup_replica
-from serve_app.admission import Admission
-from serve_app.api import create_api
-from serve_app.auth import ApiKeys, load_hashes
+from serve_app.api.admission import Admission
+from serve_app.api.app import ASGIApp, create_api
+from serve_app.api.auth import ApiKeys, load_hashes
+from serve_app.api.service import OCRService
 from serve_app.config import AppConfig
+from serve_app.documents.run import DocumentRunner
 from serve_app.errors import NotReadyError
-from serve_app.service import OCRService
 from serve_app.telemetry.metrics import ServiceMetrics
 
 logger = logging.getLogger("ray.serve")
@@ -38,10 +39,10 @@ class OCRIngress:
         setup_replica("ingress")
         ingress = config.ingress
         stages = HandleStages(preprocess, engines, postprocess, ingress.max_pages)
-        # The upload goes to the object store once; preprocess reads it for every page.
         self._app_name = serve.get_replica_context().app_name
         metrics = ServiceMetrics(RayRecorder(self._app_name))
-        self._service = OCRService(config, stages, store=ray.put, metrics=metrics)
+        runner = DocumentRunner.from_config(ingress, stages, metrics)
+        self._service = OCRService(config, runner)
         self._admission = Admission(ingress.max_working_requests, ingress.max_waiting_requests)
         self._keys = ApiKeys(load_hashes(ingress.api_keys_file, ingress.api_keys_env))
         logger.info("API keys: %s", "required" if self._keys.enabled else "none (routes open)")
@@ -51,7 +52,7 @@ class OCRIngress:
         self._status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-status")
         self._was_running = False
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
+    def __serve_build_asgi_app__(self) -> ASGIApp:
         return create_api(self._service, self._admission, self._ready, self._keys)
 
     async def _ready(self) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import ray
-from ray import serve
+from typing import Any
 
+import ray
+from ray import ObjectRef, serve
+
+from deployments.page_data import StoredPage
 from deployments.telemetry import setup_replica
 from serve_app.config import PreprocessConfig
 from serve_app.core.tiling import PageImage
-from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
-from serve_app.stages import Preprocessor
+from serve_app.documents.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
+from serve_app.documents.stages import Preprocessor
 
 
 @serve.deployment
@@ -18,17 +21,21 @@ class PreprocessDeployment:
         setup_replica("preprocess")
         self._pre = Preprocessor(config)
 
-    def inspect(self, source: object, options: OCROptions, max_pages: int) -> DocumentInfo:
+    def inspect(
+        self, source: ObjectRef[bytes] | bytes, options: OCROptions, max_pages: int
+    ) -> DocumentInfo:
         return self._pre.inspect(_bytes(source), options, max_pages)
 
-    def prepare(self, source: object, task: PageTask) -> PreparedPage:
+    def prepare(self, source: ObjectRef[bytes] | bytes, task: PageTask) -> StoredPage:
         """The page's header, with its views and pixels left in the object store: the engine
         and postprocess read them from there, the ingress never does."""
-        header, image, pixels = self._pre.prepare(_bytes(source), task)
-        image_ref = ray.put(image)
-        if isinstance(image, PageImage) and pixels is image.pixels:
-            return PreparedPage(header, image_ref, image_ref)  # one copy serves both readers
-        return PreparedPage(header, image_ref, ray.put(pixels) if pixels is not None else None)
+        page = self._pre.prepare(_bytes(source), task)
+        if isinstance(page.image, PageImage) and page.pixels is page.image:
+            # A page reader's image: one copy is both what the engine reads and the pixels.
+            shared: ObjectRef[Any] = ray.put(page.image)
+            return PreparedPage(page.header, shared, shared)
+        pixels = ray.put(page.pixels) if page.pixels is not None else None
+        return PreparedPage(page.header, ray.put(page.image), pixels)
 
     def counters(self) -> dict[str, int]:
         """Work done by this replica since it started."""
@@ -38,9 +45,10 @@ class PreprocessDeployment:
         }
 
 
-def _bytes(source: object) -> bytes:
-    """The upload: the ingress stores it once in the object store and passes the reference."""
-    data = ray.get(source) if isinstance(source, ray.ObjectRef) else source
+def _bytes(source: ObjectRef[bytes] | bytes) -> bytes:
+    """The upload: the ingress stores it once in the object store and passes the reference
+    (or its bytes, where Ray resolved it on the way)."""
+    data = ray.get(source) if isinstance(source, ObjectRef) else source
     if not isinstance(data, bytes):
         raise TypeError(f"expected the upload as bytes, got {type(data).__name__}")
     return data

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app.core.addresses import parse_allowlist
 from serve_app.core.modes import ModelFamily, max_image_tokens
 from serve_app.core.prompts import Task
 
@@ -261,7 +262,7 @@ class PostprocessConfig(_Config):
 
 class UrlFetchConfig(_Config):
     """Inputs named by URL (``url`` on /v1/ocr, http(s) ``image_url`` in chat): fetched by the
-    ingress without SSRF (:mod:`serve_app.fetch`), up to ``max_upload_bytes``."""
+    ingress without SSRF (:mod:`serve_app.documents.fetch`), up to ``max_upload_bytes``."""
 
     enabled: bool = Field(True, description="False refuses URL inputs (400).")
     allowlist: list[str] = Field(
@@ -278,8 +279,6 @@ class UrlFetchConfig(_Config):
     @field_validator("allowlist")
     @classmethod
     def _check_allowlist(cls, entries: list[str]) -> list[str]:
-        from serve_app.fetch import parse_allowlist
-
         parse_allowlist(entries)
         return entries
 
@@ -317,7 +316,8 @@ class IngressConfig(_Config):
     )
     url_fetch: UrlFetchConfig = Field(default_factory=UrlFetchConfig)
     api_keys_file: str | None = Field(
-        None, description="A file of API key hashes ('sha256:<hex>' per line); see serve_app.auth."
+        None,
+        description="A file of API key hashes ('sha256:<hex>' per line); see serve_app.api.auth.",
     )
     api_keys_env: str = Field(
         "OCR_API_KEY_HASHES",

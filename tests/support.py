@@ -80,23 +80,18 @@ class LoopTransport(httpx.BaseTransport):
 def local_api(runner: LoopThread, config: Any, **api_options: Any) -> Any:
     """The HTTP API over in-process stages, with a started engine per model of ``config``
     (fake or rapidocr: no Ray)."""
-    from serve_app.admission import Admission
-    from serve_app.api import create_api
-    from serve_app.engine import make_engine
-    from serve_app.service import OCRService
-    from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
+    from serve_app.api.admission import Admission
+    from serve_app.api.app import create_api
+    from serve_app.api.service import OCRService
+    from serve_app.documents.run import DocumentRunner
+    from serve_app.documents.stages import LocalStages
 
-    recognizers = {}
-    for name, engine_config in config.models.items():
-        engine = make_engine(engine_config)
-        runner.run(engine.start())
-        recognizers[name] = Recognizer(engine, engine_config)
-    stages = LocalStages(Preprocessor(config.preprocess), recognizers,
-                         Postprocessor(config.postprocess), max_pages=50)  # fmt: skip
-
-    async def always_ready() -> None:
-        pass
-
+    stages = runner.run(LocalStages.started(config))
     api_options.setdefault("ready", always_ready)
     admission = Admission(4, 4)
-    return create_api(OCRService(config, stages), admission, **api_options)
+    documents = DocumentRunner.from_config(config.ingress, stages)
+    return create_api(OCRService(config, documents), admission, **api_options)
+
+
+async def always_ready() -> None:
+    pass

@@ -1,1 +1,2 @@
-"""A tiny DeepSeek-OCR checkpoint for CPU tests: real config, real tokenizer, seeded weights."""
+"""A tiny DeepSeek-OCR checkpoint for CPU tests: real config, real tokenizer, seeded weights.
+May import: serve_app.errors, core, config, telemetry."""

@@ -1,0 +1,2 @@
+"""Pure functions: modes, tiling, prompts, grounding, markdown, PDF pages, text lines, addresses.
+May import: serve_app.errors only; never Ray, vLLM, FastAPI or torch."""

@@ -1,4 +1,5 @@
-"""The engine seam: a small protocol, the vLLM and rapidocr implementations and a fake."""
+"""The engine seam: a small protocol, the vLLM and rapidocr engines and a fake; one page each.
+May import: serve_app.errors, core, config, telemetry, checkpoint; only here is vLLM imported."""
 
 from __future__ import annotations
 

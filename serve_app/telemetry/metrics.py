@@ -1,22 +1,18 @@
 """The service's metrics: what is counted, with which tags, under which Prometheus names.
 
-Recorded at the ingress, where every page report and every answer passes, through a
-:class:`Recorder`: Ray's metrics API in the Serve replicas (``deployments/telemetry.py``; they
-appear on Ray's Prometheus endpoint of every node, prefixed ``ray_``), memory in tests, nothing
-by default. vLLM's own engine metrics are exported by the engine replicas (``ray_vllm_*``).
+Recorded where every page report and every answer passes (the document run and the access
+log, at the ingress), through a :class:`Recorder`: Ray's metrics API in the Serve replicas
+(``deployments/telemetry.py``; they appear on Ray's Prometheus endpoint of every node,
+prefixed ``ray_``), memory in tests, nothing by default. vLLM's own engine metrics are
+exported by the engine replicas (``ray_vllm_*``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
-
-from serve_app.core.document import PageFailure
-
-if TYPE_CHECKING:
-    from serve_app.pipeline import PageReport
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 Kind = Literal["counter", "histogram", "gauge"]
 Tags = Mapping[str, str]
@@ -107,11 +103,26 @@ ALL_METRICS = (
     ENGINE_CRASHES, RESPONSES, PAGES_IN_FLIGHT,
 )  # fmt: skip
 
-# Tag values for routes are bounded: anything else is "other".
-ROUTES = frozenset(
-    {"/v1/ocr", "/v1/chat/completions", "/v1/models", "/health", "/ready", "/docs", "/openapi.json"}
-)
 STAGES = {"preprocess_s": "preprocess", "engine_s": "engine", "postprocess_s": "postprocess"}
+
+
+@dataclass(frozen=True)
+class PageSample:
+    """One answered page, as the metrics count it.
+
+    Attributes:
+        outcome: ``ok``, ``truncated`` (ran into ``max_tokens``) or ``failed`` (with ``code``).
+        stage_seconds: Seconds by stage key (``preprocess_s``, ``engine_s``, ``postprocess_s``).
+        tokens: Prompt and completion tokens and retries, for a page that was generated.
+    """
+
+    model: str
+    mode: str
+    outcome: Literal["ok", "truncated", "failed"]
+    code: str = ""
+    stage_seconds: Mapping[str, float] = field(default_factory=dict)
+    engine_crashes: int = 0
+    tokens: tuple[int, int, int] | None = None  # prompt, completion, retries
 
 
 class Recorder(Protocol):
@@ -158,31 +169,28 @@ class ServiceMetrics:
         self._recorder = recorder or NullRecorder()
         self._in_flight = 0
 
-    def page(self, report: PageReport, mode: str, model: str = "") -> None:
-        """One answered page of ``model``: outcome, stage seconds, tokens, retries."""
+    def page(self, sample: PageSample) -> None:
+        """One answered page: outcome, stage seconds, tokens, retries."""
         record = self._recorder.record
-        if isinstance(report.outcome, PageFailure):
-            outcome, code = "failed", report.outcome.code
-        else:
-            truncated = report.generation is not None and report.generation.truncated
-            outcome, code = ("truncated" if truncated else "ok"), ""
-        mode = report.mode or mode
-        record(PAGES, 1, {"model": model, "outcome": outcome, "mode": mode, "code": code})
-        if report.engine_crashes:
-            record(ENGINE_CRASHES, report.engine_crashes, {})
+        model, mode = sample.model, sample.mode
+        tags = {"model": model, "outcome": sample.outcome, "mode": mode, "code": sample.code}
+        record(PAGES, 1, tags)
+        if sample.engine_crashes:
+            record(ENGINE_CRASHES, sample.engine_crashes, {})
         for key, stage in STAGES.items():
-            if key in report.timings:
-                record(STAGE_SECONDS, report.timings[key], {"model": model, "stage": stage})
-        if (generation := report.generation) is not None:
+            if key in sample.stage_seconds:
+                record(STAGE_SECONDS, sample.stage_seconds[key], {"model": model, "stage": stage})
+        if sample.tokens is not None:
+            prompt, completion, retries = sample.tokens
             tags = {"model": model, "mode": mode}
-            record(PROMPT_TOKENS, generation.prompt_tokens, tags)
-            record(COMPLETION_TOKENS, generation.completion_tokens, tags)
-            if generation.attempts > 1:
-                record(RETRIES, generation.attempts - 1, tags)
+            record(PROMPT_TOKENS, prompt, tags)
+            record(COMPLETION_TOKENS, completion, tags)
+            if retries:
+                record(RETRIES, retries, tags)
 
     def response(self, route: str, status: int, code: str, seconds: float) -> None:
-        """One HTTP answer (every route, refusals included)."""
-        route = route if route in ROUTES else "other"
+        """One HTTP answer (every route, refusals included); ``route`` a bounded set of
+        values (the API's routes, ``other``)."""
         tags = {"route": route, "status": str(status), "code": code}
         self._recorder.record(RESPONSES, 1, tags)
         self._recorder.record(REQUEST_SECONDS, seconds, {"route": route})

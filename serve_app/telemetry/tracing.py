@@ -9,7 +9,7 @@ the ``OTEL_BSP_*`` batching settings. Off, no provider is installed: spans are O
 non-recording ones and a page task carries an empty trace context.
 
 The context crosses Serve hops as a W3C ``traceparent`` carrier inside the messages
-(:class:`serve_app.messages.PageTask`), and is handed to vLLM as its trace headers.
+(:class:`serve_app.documents.messages.PageTask`), and is handed to vLLM as its trace headers.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.config import AppConfig
-from serve_app.deploy_config import SERVE_CONFIG, load_yaml
+from serve_app.tooling.deploy_config import SERVE_CONFIG, load_yaml
 
 
 def free_port() -> int:

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from deployments.app import build_app
-from serve_app import deploy_config
 from serve_app.config import AppConfig
+from serve_app.tooling import deploy_config
 from tests.k8s.conftest import OVERLAYS, ROOT, rayservice, render, serve_config
 
 BASE = yaml.safe_load((ROOT / "serve_config.yaml").read_text())

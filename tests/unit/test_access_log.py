@@ -11,7 +11,8 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from serve_app.access_log import AccessLogMiddleware, add_stage_seconds, log_unexpected, note
+from serve_app.api.access_log import AccessLogMiddleware, access_record, log_unexpected
+from serve_app.documents.run import Tally
 
 
 def make_app() -> FastAPI:
@@ -20,10 +21,9 @@ def make_app() -> FastAPI:
 
     @app.get("/ok")
     async def ok(request: Request) -> dict[str, str]:
-        state = request.scope["state"]
-        note(state, pages=2, pages_failed=1, outcome="partial")
-        add_stage_seconds(state, {"engine_s": 1.5, "preprocess_s": 0.25})
-        add_stage_seconds(state, {"engine_s": 0.5})
+        tally = Tally(pages=2, pages_failed=1, outcome="partial")
+        tally.stage_seconds.update({"engine_s": 2.0, "preprocess_s": 0.25})
+        access_record(request.scope).run = tally
         return {"ok": "yes"}
 
     @app.get("/stream")
@@ -40,8 +40,8 @@ def make_app() -> FastAPI:
         try:
             raise KeyError("secret-key")
         except KeyError as exc:
-            log_unexpected(request.scope["state"], exc)
-        note(request.scope["state"], outcome="internal_error")
+            log_unexpected(access_record(request.scope), exc)
+        access_record(request.scope).outcome = "internal_error"
         return JSONResponse({"error": {"code": "internal_error"}}, status_code=500)
 
     return app

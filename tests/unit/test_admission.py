@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from serve_app.admission import Admission
+from serve_app.api.admission import Admission
 from serve_app.errors import RateLimitedError
 
 

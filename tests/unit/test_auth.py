@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from serve_app.auth import ApiKeys, hash_key, load_hashes, parse_hashes
+from serve_app.api.auth import ApiKeys, hash_key, load_hashes, parse_hashes
 from serve_app.config import AppConfig
 from serve_app.testing.synthetic import encode, noise_rgb
 from tests.support import LoopThread, LoopTransport, local_api

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from serve_app.config import AppConfig, EngineConfig
-from serve_app.deploy_config import SERVE_CONFIG, load_yaml
 from serve_app.testing.serve import deployed_options
+from serve_app.tooling.deploy_config import SERVE_CONFIG, load_yaml
 
 
 def test_options_follow_serve_config_with_fixed_replicas() -> None:

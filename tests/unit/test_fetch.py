@@ -1,8 +1,8 @@
-"""serve_app.fetch: URL downloads without SSRF, against small HTTP servers on 127.0.0.1.
+"""serve_app.documents.fetch: URL downloads without SSRF, against small HTTP servers on 127.0.0.1.
 
 The servers run on the test's own event loop (``asyncio.start_server``) on ephemeral ports; a
 policy reaches one only because it allowlists ``127.0.0.1:<its port>``. Nothing leaves the
-machine: names are resolved by a stand-in for :func:`serve_app.fetch.resolve`.
+machine: names are resolved by a stand-in for :func:`serve_app.documents.fetch.resolve`.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from typing import Any, TypeVar
 
 import pytest
 
-from serve_app import fetch
-from serve_app.errors import ClientError, InvalidInputError, PayloadTooLargeError
-from serve_app.fetch import (
+from serve_app.core import addresses
+from serve_app.core.addresses import parse_allowlist, refusal_reason
+from serve_app.documents import fetch
+from serve_app.documents.fetch import (
     Fetched,
     FetchPolicy,
     UrlFetchError,
     UrlNotAllowedError,
     UrlTimeoutError,
     fetch_url,
-    parse_allowlist,
-    refusal_reason,
 )
+from serve_app.errors import ClientError, InvalidInputError, PayloadTooLargeError
 
 T = TypeVar("T")
 Handler = Callable[[asyncio.StreamWriter], Awaitable[None]]
@@ -190,7 +190,7 @@ def test_public_addresses(address: str) -> None:
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(fetch)
+    result = doctest.testmod(addresses)
     assert result.failed == 0 and result.attempted >= 4
 
 

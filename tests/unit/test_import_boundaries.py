@@ -27,9 +27,11 @@ def test_core_imports_no_heavy_frameworks() -> None:
 
 
 def test_the_request_path_imports_no_ray_or_vllm() -> None:
-    """The HTTP API, its service and the pipeline run in-process in tests, without Ray."""
-    modules = ["serve_app.api", "serve_app.service", "serve_app.pipeline", "serve_app.stages",
-               "serve_app.resolve", "serve_app.messages", "serve_app.access_log"]  # fmt: skip
+    """The HTTP API, its service and the document run work in-process in tests, without Ray."""
+    modules = ["serve_app.api.app", "serve_app.api.service", "serve_app.documents.run",
+               "serve_app.documents.pipeline", "serve_app.documents.stages",
+               "serve_app.documents.door", "serve_app.documents.messages",
+               "serve_app.api.access_log"]  # fmt: skip
     code = (
         "import sys\n"
         f"for m in {modules!r}: __import__(m)\n"

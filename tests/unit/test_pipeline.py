@@ -11,6 +11,10 @@ from serve_app.config import AppConfig, EngineConfig, FakeEngineConfig
 from serve_app.core.document import PageFailure, PageResult
 from serve_app.core.modes import get_mode
 from serve_app.core.prompts import Task, build_prompt
+from serve_app.documents.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
+from serve_app.documents.pipeline import FaultPolicy, OCRPipeline, PageReport
+from serve_app.documents.results import document_failure, document_json
+from serve_app.documents.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
 from serve_app.engine.fake import FakeEngine
 from serve_app.engine.recognize import PageGeneration
 from serve_app.errors import (
@@ -21,10 +25,6 @@ from serve_app.errors import (
     PageDataLostError,
     TooManyPagesError,
 )
-from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
-from serve_app.pipeline import FaultPolicy, OCRPipeline, PageReport
-from serve_app.responses import document_failure, document_json
-from serve_app.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
 
 TINY = get_mode("tiny")

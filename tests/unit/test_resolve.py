@@ -7,8 +7,8 @@ import pytest
 from serve_app.config import AppConfig, EngineConfig
 from serve_app.core.modes import ModelFamily, get_mode
 from serve_app.core.prompts import Task, build_prompt, custom_prompt
+from serve_app.documents.door import Door, Limits, RequestFields, resolve_options
 from serve_app.errors import ClientError
-from serve_app.resolve import Door, Limits, RequestFields, resolve_options
 
 LIMITS = Limits(max_dpi=300, max_model_len=8192)
 

@@ -33,7 +33,7 @@ def test_serve_config_is_a_valid_serve_deploy_config() -> None:
 
 
 def test_serve_config_has_no_keys_ray_would_ignore() -> None:
-    from serve_app.deploy_config import unknown_serve_keys
+    from serve_app.tooling.deploy_config import unknown_serve_keys
 
     config = yaml.safe_load(CONFIG.read_text())
     assert unknown_serve_keys(config) == []

@@ -8,9 +8,11 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from deployments.telemetry import TraceIdFilter
+from serve_app.api.routes import route_label
 from serve_app.core.document import PageFailure
+from serve_app.documents.messages import PageReport
+from serve_app.documents.run import page_sample
 from serve_app.engine.recognize import PageGeneration
-from serve_app.pipeline import PageReport
 from serve_app.telemetry import tracing
 from serve_app.telemetry.metrics import (
     ALL_METRICS,
@@ -34,10 +36,14 @@ def test_pages_are_counted_by_outcome_with_tokens_and_retries() -> None:
     metrics = ServiceMetrics(recorder)
     timings = {"preprocess_s": 0.1, "engine_s": 0.5, "postprocess_s": 0.01}
     result: object = object()
-    metrics.page(PageReport(1, result, generation(), mode="base", timings=timings), "gundam")  # type: ignore[arg-type]
-    metrics.page(PageReport(2, result, generation(True, 3), mode="base"), "gundam")  # type: ignore[arg-type]
-    metrics.page(PageReport(3, PageFailure(3, "timeout", "slow")), "gundam")
-    metrics.page(PageReport(4, result, generation(), mode="page"), "page", "rapidocr")  # type: ignore[arg-type]
+    reports = [
+        (PageReport(1, result, generation(), mode="base", timings=timings), ""),  # type: ignore[arg-type]
+        (PageReport(2, result, generation(True, 3), mode="base"), ""),  # type: ignore[arg-type]
+        (PageReport(3, PageFailure(3, "timeout", "slow")), ""),
+        (PageReport(4, result, generation(), mode="page"), "rapidocr"),  # type: ignore[arg-type]
+    ]
+    for report, model in reports:
+        metrics.page(page_sample(report, model, mode="gundam"))
 
     assert recorder.total(PAGES, model="rapidocr", outcome="ok", mode="page") == 1
     assert recorder.total(COMPLETION_TOKENS, model="rapidocr") == 7
@@ -54,8 +60,8 @@ def test_pages_are_counted_by_outcome_with_tokens_and_retries() -> None:
 def test_answers_keep_route_labels_bounded_and_pages_in_flight_settle() -> None:
     recorder = MemoryRecorder()
     metrics = ServiceMetrics(recorder)
-    metrics.response("/v1/ocr", 429, "rate_limited", 0.001)
-    metrics.response("/wp-admin/../etc", 404, "client_error", 0.001)
+    metrics.response(route_label("/v1/ocr"), 429, "rate_limited", 0.001)
+    metrics.response(route_label("/wp-admin/../etc"), 404, "client_error", 0.001)
     assert recorder.total(RESPONSES, route="/v1/ocr", status="429", code="rate_limited") == 1
     assert recorder.total(RESPONSES, route="other") == 1
     metrics.pages_in_flight(+1)

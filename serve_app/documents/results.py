@@ -1,21 +1,19 @@
-"""The shapes of ``/v1/ocr`` answers, built from page reports: JSON, NDJSON lines, ZIP."""
+"""A document's results as the service answers them, built from page reports: each page's
+JSON object, the summary, the whole document's JSON, the ZIP bundle; and the document's error
+when no page succeeded. Plain values (dicts, bytes): ``/v1/ocr``, jobs and batch output share
+them.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
-
-from fastapi.responses import Response
+from collections.abc import Sequence
+from typing import Any
 
 from serve_app.core.document import PageFailure, PageResult, bundle_zip, document_markdown
+from serve_app.documents.messages import DocumentInfo, OCROptions, PageReport
 from serve_app.errors import OCRError, ServerError, error_class
-from serve_app.messages import DocumentInfo, OCROptions
-from serve_app.pipeline import PageReport
-
-if TYPE_CHECKING:
-    from serve_app.service import Run
 
 
 def page_json(report: PageReport, options: OCROptions) -> dict[str, Any]:
@@ -118,32 +116,21 @@ def document_json(
     return out
 
 
-async def ndjson_lines(run: Run) -> AsyncIterator[str]:
-    """A stream: one line per finished page, then the summary; or an error as the last line
-    (a deadline, a full service), since the status was sent with the first line."""
-    reports: list[PageReport] = []
-    try:
-        async for report in run.reports():
-            reports.append(report)
-            yield json.dumps(page_json(report, run.options)) + "\n"
-    except OCRError as error:
-        yield json.dumps({"object": "error", **error.to_body()}) + "\n"
-        return
-    yield json.dumps(summary_json(run.request_id, run.model, run.info, reports)) + "\n"
-
-
-def zip_bundle(run: Run, reports: Sequence[PageReport]) -> Response:
+def zip_bytes(
+    request_id: str,
+    model: str,
+    info: DocumentInfo,
+    reports: Sequence[PageReport],
+    options: OCROptions,
+) -> bytes:
     """``result.json`` (without inline images), page markdown, figures, annotated pages and
     the layout PDF, as one ZIP (CPU-heavy for long documents: call it off the event loop)."""
-    summary = document_json(run.request_id, run.model, run.info, reports, run.options)
+    summary = document_json(request_id, model, info, reports, options)
     for page in summary["pages"]:
         page.pop("figures", None)
         page.pop("annotated_image_base64", None)
-    dpi = run.options.dpi if run.info.kind == "pdf" else 72
-    data = bundle_zip(
+    return bundle_zip(
         [r.outcome for r in reports],
-        dpi=dpi,
+        dpi=options.dpi if info.kind == "pdf" else 72,
         extra_files={"result.json": json.dumps(summary, indent=2).encode()},
     )
-    headers = {"Content-Disposition": f'attachment; filename="{run.request_id}.zip"'}
-    return Response(data, media_type="application/zip", headers=headers)

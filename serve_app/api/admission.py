@@ -13,9 +13,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serve_app.access_log import note
+from serve_app.api.access_log import access_record
+from serve_app.api.errors import error_response
+from serve_app.api.routes import ADMITTED_PATHS
 from serve_app.errors import RateLimitedError
-from serve_app.http import error_response
 
 
 class Admission:
@@ -53,27 +54,28 @@ class Admission:
 
 
 class AdmissionMiddleware:
-    """ASGI middleware: an OCR request holds a slot for its whole life, streamed body
-    included (released when the response ends or the client goes away). It also records the
-    arrival time (``request.state.arrived``) that the request deadline counts from.
+    """ASGI middleware: an OCR request (the admitted routes) holds a slot for its whole life,
+    streamed body included (released when the response ends or the client goes away). It also
+    records the arrival time (:attr:`AccessRecord.arrived`) that the request deadline counts
+    from.
     """
 
-    def __init__(self, app: ASGIApp, paths: frozenset[str], admission: Admission) -> None:
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
         self.app = app
-        self.paths = paths
         self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         admission = self.admission
-        if scope["type"] != "http" or scope["path"] not in self.paths:
+        if scope["type"] != "http" or scope["path"] not in ADMITTED_PATHS:
             await self.app(scope, receive, send)
             return
-        scope.setdefault("state", {})["arrived"] = asyncio.get_running_loop().time()
+        record = access_record(scope)
+        record.arrived = asyncio.get_running_loop().time()
         async with AsyncExitStack() as stack:
             try:
                 await stack.enter_async_context(admission.slot())
             except RateLimitedError as error:
-                note(scope["state"], outcome=error.code)
+                record.outcome = error.code
                 await error_response(error)(scope, receive, send)
                 return
             await self.app(scope, receive, send)

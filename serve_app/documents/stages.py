@@ -1,35 +1,65 @@
-"""The work of the preprocess, engine and postprocess stages, free of Ray.
+"""The stages of a document run (preprocess, engine, postprocess), free of Ray.
 
-The Serve deployments in ``deployments/`` wrap these classes one to one; :class:`LocalStages`
-wires them together in-process for tests and tools.
+:class:`Stages` is what the pipeline calls. The Serve deployments in ``deployments/`` wrap
+:class:`Preprocessor`, :class:`Recognizer` and :class:`Postprocessor` one to one and call
+each other through handles; :class:`LocalStages` runs them in this process (tests, tools, an
+in-process client).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Mapping
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from serve_app.config import EngineConfig, PostprocessConfig, PreprocessConfig
+from serve_app.config import AppConfig, EngineConfig, PostprocessConfig, PreprocessConfig
 from serve_app.core.document import PageResult, postprocess_page
 from serve_app.core.images import decode_image, open_image, to_model_rgb
 from serve_app.core.pdf import looks_like_pdf, open_pdf
 from serve_app.core.tiling import EngineImage, PageImage, prepare_image
-from serve_app.engine.protocol import GenerateRequest, OCREngine
-from serve_app.engine.recognize import PageGeneration, recognize
-from serve_app.errors import InvalidPageRangeError
-from serve_app.messages import (
+from serve_app.documents.messages import (
     DocumentInfo,
+    LocalPage,
     OCROptions,
     PageHeader,
+    PagePixels,
     PageTask,
     PreparedPage,
     page_header,
 )
+from serve_app.engine import make_engine
+from serve_app.engine.protocol import GenerateRequest, OCREngine
+from serve_app.engine.recognize import PageGeneration, recognize
+from serve_app.errors import InvalidPageRangeError
 from serve_app.telemetry import tracing
+
+SourceT = TypeVar("SourceT")  # where the upload is held for preprocess (bytes, or a reference)
+PageT = TypeVar("PageT", bound=PreparedPage[Any, Any])
+
+
+class Stages(Protocol[SourceT, PageT]):
+    """The stages as a document run calls them; ``SourceT`` and ``PageT`` are where the
+    upload and a prepared page's data are held (inline in-process, Ray's object store in
+    Serve)."""
+
+    def store(self, data: bytes) -> SourceT:
+        """Hold the upload where preprocess reads it, once for all its pages."""
+        ...
+
+    async def inspect(self, source: SourceT, options: OCROptions) -> DocumentInfo: ...
+
+    async def prepare(self, source: SourceT, task: PageTask) -> PageT: ...
+
+    async def recognize(self, page: PageT, task: PageTask) -> PageGeneration: ...
+
+    async def postprocess(
+        self, page: PageT, generation: PageGeneration, task: PageTask
+    ) -> PageResult: ...
 
 
 class Preprocessor:
@@ -57,11 +87,10 @@ class Preprocessor:
             raise InvalidPageRangeError(f"an image has one page; got pages={options.pages!r}")
         return DocumentInfo("image", 1, [0])
 
-    def prepare(
-        self, source: bytes, task: PageTask
-    ) -> tuple[PageHeader, EngineImage, np.ndarray | None]:
+    def prepare(self, source: bytes, task: PageTask) -> LocalPage:
         """Render or decode one page, orient it and make what the request's engine reads:
-        DeepSeek's views in the request's mode, or the page's pixels."""
+        DeepSeek's views in the request's mode, or the page's pixels (then the same
+        :class:`PageImage` is the postprocess's pixels, when it needs them)."""
         start = time.perf_counter()
         self.pages_prepared += 1
         options = task.options
@@ -77,9 +106,10 @@ class Preprocessor:
             decoded = time.perf_counter()
             rgb = to_model_rgb(image)
             prepared: EngineImage
+            pixels: PagePixels | None
             if options.reads == "page":
                 prepared = PageImage(np.asarray(rgb))
-                pixels = prepared.pixels if options.needs_page_image else None
+                pixels = prepared if options.needs_page_image else None
             else:
                 prepared = prepare_image(rgb, options.mode)
                 pixels = np.asarray(rgb) if options.needs_page_image else None
@@ -93,7 +123,7 @@ class Preprocessor:
                 "ocr.width": header.width,
                 "ocr.height": header.height,
             })  # fmt: skip
-        return header, prepared, pixels
+        return PreparedPage(header, prepared, pixels)
 
 
 class Recognizer:
@@ -144,9 +174,11 @@ class Postprocessor:
         self._config = config
 
     def page(
-        self, header: PageHeader, pixels: np.ndarray | None, text: str, task: PageTask
+        self, header: PageHeader, pixels: PagePixels | None, text: str, task: PageTask
     ) -> PageResult:
         options = task.options
+        if isinstance(pixels, PageImage):
+            pixels = pixels.pixels
         with tracing.span("postprocess", task.trace, {"ocr.page": task.number}) as span:
             image = Image.fromarray(pixels) if pixels is not None else None
             result = postprocess_page(
@@ -167,7 +199,7 @@ class Postprocessor:
 
 
 class LocalStages:
-    """All stages in this process: implements :class:`serve_app.pipeline.Stages`.
+    """Every stage in this process: :class:`Stages` over bytes and inline page data.
 
     ``recognizer`` serves every model, or give one per model id."""
 
@@ -182,21 +214,42 @@ class LocalStages:
         self._rec = recognizer
         self._max_pages = max_pages
 
-    async def inspect(self, source: object, options: OCROptions) -> DocumentInfo:
-        assert isinstance(source, bytes)
+    @classmethod
+    async def started(cls, config: AppConfig) -> LocalStages:
+        """The stages of ``config`` with an engine started per model (each engine's own
+        start: seconds for the fake and rapidocr, a minute or more for vLLM on a CPU)."""
+        recognizers = {}
+        for name, engine_config in config.models.items():
+            engine = make_engine(engine_config)
+            await asyncio.wait_for(engine.start(), timeout=engine_config.start_timeout_s)
+            recognizers[name] = Recognizer(engine, engine_config)
+        return cls(
+            Preprocessor(config.preprocess),
+            recognizers,
+            Postprocessor(config.postprocess),
+            max_pages=config.ingress.max_pages,
+        )
+
+    async def shutdown(self) -> None:
+        """Stop every engine (an engine of several models once)."""
+        recognizers = [self._rec] if isinstance(self._rec, Recognizer) else self._rec.values()
+        for engine in {id(r.engine): r.engine for r in recognizers}.values():
+            await engine.shutdown()
+
+    def store(self, data: bytes) -> bytes:
+        return data
+
+    async def inspect(self, source: bytes, options: OCROptions) -> DocumentInfo:
         return self._pre.inspect(source, options, self._max_pages)
 
-    async def prepare(self, source: object, task: PageTask) -> PreparedPage:
-        assert isinstance(source, bytes)
-        return PreparedPage(*self._pre.prepare(source, task))
+    async def prepare(self, source: bytes, task: PageTask) -> LocalPage:
+        return self._pre.prepare(source, task)
 
-    async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration:
-        assert isinstance(page.image, EngineImage)
+    async def recognize(self, page: LocalPage, task: PageTask) -> PageGeneration:
         rec = self._rec if isinstance(self._rec, Recognizer) else self._rec[task.options.model]
         return await rec.recognize(page.image, task)
 
     async def postprocess(
-        self, page: PreparedPage, generation: PageGeneration, task: PageTask
+        self, page: LocalPage, generation: PageGeneration, task: PageTask
     ) -> PageResult:
-        assert page.pixels is None or isinstance(page.pixels, np.ndarray)
         return self._post.page(page.header, page.pixels, generation.text, task)

@@ -1,8 +1,9 @@
-"""One OCR request end to end: fan pages out, keep memory bounded, return them in order.
+"""One document's pages through the stages: bounded fan-out, pages back in order, per-page
+errors, engine crashes retried or quarantined.
 
-The pipeline knows nothing about Ray: it drives three async stages (preprocess, recognize,
-postprocess) given as a :class:`Stages` object. In the Serve app the stages call deployment
-handles; in unit tests they are local functions over the fake engine.
+The pipeline knows nothing about Ray: it drives the stages given as a
+:class:`~serve_app.documents.stages.Stages` object (deployment handles in Serve, in-process
+stages in tests and tools).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic
 
 from serve_app.core.document import PageFailure, PageResult
+from serve_app.documents.messages import DocumentInfo, OCROptions, PageReport, PageTask
+from serve_app.documents.quarantine import Quarantine
+from serve_app.documents.stages import PageT, SourceT, Stages
 from serve_app.engine.recognize import PageGeneration
 from serve_app.errors import (
     EngineCrashedError,
@@ -24,25 +28,10 @@ from serve_app.errors import (
     PageQuarantinedError,
     as_ocr_error,
 )
-from serve_app.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
-from serve_app.quarantine import Quarantine
 from serve_app.telemetry import tracing
 from serve_app.telemetry.metrics import ServiceMetrics
 
 logger = logging.getLogger("ray.serve")
-
-
-@dataclass(frozen=True)
-class PageReport:
-    """The outcome of one page: a result or a failure, never missing."""
-
-    number: int
-    outcome: PageResult | PageFailure
-    generation: PageGeneration | None = None
-    mode: str | None = None
-    grid: tuple[int, int] | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    engine_crashes: int = 0  # engine replicas that died with this page in flight
 
 
 @dataclass
@@ -59,26 +48,12 @@ class FaultPolicy:
     quarantine: Quarantine = field(default_factory=lambda: Quarantine(ttl_s=3600.0))
 
 
-class Stages(Protocol):
-    """The three stages of the graph, as the pipeline calls them."""
-
-    async def inspect(self, source: object, options: OCROptions) -> DocumentInfo: ...
-
-    async def prepare(self, source: object, task: PageTask) -> PreparedPage: ...
-
-    async def recognize(self, page: PreparedPage, task: PageTask) -> PageGeneration: ...
-
-    async def postprocess(
-        self, page: PreparedPage, generation: PageGeneration, task: PageTask
-    ) -> PageResult: ...
-
-
-class OCRPipeline:
-    """Runs requests through the stages with at most ``pages_in_flight`` pages at a time."""
+class OCRPipeline(Generic[SourceT, PageT]):
+    """Runs documents through the stages with at most ``pages_in_flight`` pages at a time."""
 
     def __init__(
         self,
-        stages: Stages,
+        stages: Stages[SourceT, PageT],
         pages_in_flight: int,
         metrics: ServiceMetrics | None = None,
         faults: FaultPolicy | None = None,
@@ -89,7 +64,7 @@ class OCRPipeline:
         self._faults = faults or FaultPolicy()
 
     async def run(
-        self, source: object, options: OCROptions, request_id: str, upload_id: str = ""
+        self, source: SourceT, options: OCROptions, request_id: str, upload_id: str = ""
     ) -> tuple[DocumentInfo, AsyncIterator[PageReport]]:
         """Inspect the input (client errors raise here, before any page work), then return
         an iterator over the page reports in page order. A failed page is reported in place,
@@ -109,12 +84,12 @@ class OCRPipeline:
 
     async def _pages(
         self,
-        source: object,
+        source: SourceT,
         info: DocumentInfo,
         options: OCROptions,
         request_id: str,
         trace: dict[str, str],
-        first: PreparedPage | None,
+        first: PageT | None,
         upload_id: str,
     ) -> AsyncIterator[PageReport]:
         todo = iter(info.selected)
@@ -147,12 +122,14 @@ class OCRPipeline:
 
     async def _page(
         self,
-        source: object,
+        source: SourceT,
         task: PageTask,
         shed: asyncio.Future[OverloadedError],
-        prepared: PreparedPage | None = None,
+        prepared: PageT | None = None,
         upload_id: str = "",
     ) -> PageReport:
+        """One page's report; whatever fails becomes its failure, in place (a full stage
+        also sets ``shed``: the service's state, not this page's)."""
         timings: dict[str, float] = {}
         died: list[str] = []
         key = Quarantine.key(upload_id, task.index) if upload_id else None
@@ -162,29 +139,15 @@ class OCRPipeline:
                 raise PageQuarantinedError(
                     f"page {task.number} crashed engines before; it is not sent to one again yet"
                 )
-            for attempt in range(self._faults.data_retries + 1):
-                page = prepared or await self._stages.prepare(source, task)
-                timings["preprocess_s"] = page.header.seconds
-                try:
-                    start = time.perf_counter()
-                    generation = await self._recognize(page, task, key, died)
-                    timings["engine_s"] = time.perf_counter() - start
-                    start = time.perf_counter()
-                    result = await self._stages.postprocess(page, generation, task)
-                    timings["postprocess_s"] = time.perf_counter() - start
-                    break
-                except PageDataLostError:
-                    if attempt == self._faults.data_retries:
-                        raise
-                    logger.warning("page %s: its prepared data was lost; preparing it again",
-                                   task.page_id)  # fmt: skip
-                    prepared = None
+            page, generation, result = await self._through_stages(
+                source, task, prepared, key, died, timings
+            )
         except Exception as exc:  # noqa: BLE001 - isolation point: a page never goes missing
             error = as_ocr_error(exc)
             if error is not exc and error.code == "internal_error":
                 logger.error("page %s failed unexpectedly", task.page_id, exc_info=exc)
             if isinstance(error, OverloadedError) and not shed.done():
-                shed.set_result(error)  # a full queue is the service's state, not this page's
+                shed.set_result(error)
             failure = PageFailure(task.number, error.code, error.message)
             return PageReport(task.number, failure, timings=timings, engine_crashes=len(died))
         finally:
@@ -199,8 +162,39 @@ class OCRPipeline:
             engine_crashes=len(died),
         )
 
+    async def _through_stages(
+        self,
+        source: SourceT,
+        task: PageTask,
+        prepared: PageT | None,
+        key: str | None,
+        died: list[str],
+        timings: dict[str, float],
+    ) -> tuple[PageT, PageGeneration, PageResult]:
+        """Prepare, recognize and postprocess one page (``timings`` per stage); a page whose
+        prepared data was lost is prepared again, up to ``data_retries`` times."""
+        preparations_left = self._faults.data_retries
+        while True:
+            page = prepared or await self._stages.prepare(source, task)
+            timings["preprocess_s"] = page.header.seconds
+            try:
+                start = time.perf_counter()
+                generation = await self._recognize(page, task, key, died)
+                timings["engine_s"] = time.perf_counter() - start
+                start = time.perf_counter()
+                result = await self._stages.postprocess(page, generation, task)
+                timings["postprocess_s"] = time.perf_counter() - start
+                return page, generation, result
+            except PageDataLostError:
+                if not preparations_left:
+                    raise
+                preparations_left -= 1
+                logger.warning("page %s: its prepared data was lost; preparing it again",
+                               task.page_id)  # fmt: skip
+                prepared = None
+
     async def _recognize(
-        self, page: PreparedPage, task: PageTask, key: str | None, died: list[str]
+        self, page: PageT, task: PageTask, key: str | None, died: list[str]
     ) -> PageGeneration:
         """The engine stage, sent again when the engine working on the page died (``died``
         collects the replicas); quarantined once enough distinct replicas died with it."""

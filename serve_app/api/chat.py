@@ -1,8 +1,9 @@
 """``/v1/chat/completions``: the OpenAI chat shape on top of the OCR pipeline.
 
 Only the last user turn counts (DeepSeek-OCR is single-turn). Its image comes from an
-``image_url`` part (a data URL) or a PDF from a ``file`` part (``file_data`` as base64 or a data
-URL); its text selects the prompt, unless the extra body field ``task`` does. The answer's
+``image_url`` part (a data URL or an http(s) URL) or a PDF from a ``file`` part (``file_data``
+as base64 or a data URL, or ``file_url``); its text selects the prompt, unless the extra body
+field ``task`` does. The answer's
 content is the page markdown (pages joined with the page-split marker). Streaming sends one
 chunk per finished page.
 """
@@ -12,22 +13,21 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from serve_app.api.uploads import check_upload_size, decode_file_field
 from serve_app.config import IngressConfig
 from serve_app.core.document import document_markdown
 from serve_app.core.markdown import PAGE_SPLIT
+from serve_app.documents.door import RequestFields
+from serve_app.documents.messages import PageReport
+from serve_app.documents.results import summary_json
+from serve_app.documents.run import DocumentRun
+from serve_app.documents.sources import Source, UrlSource
 from serve_app.errors import InvalidInputError, OCRError
-from serve_app.http import Fetch, check_upload_size, decode_file_field
-from serve_app.pipeline import PageReport
-from serve_app.resolve import RequestFields
-from serve_app.responses import summary_json
-
-if TYPE_CHECKING:
-    from serve_app.service import Run
 
 PAGE_BREAK = f"\n\n{PAGE_SPLIT}\n\n"
 
@@ -49,15 +49,14 @@ class ChatRequest(BaseModel):
 
 
 async def read_chat_request(
-    request: Request, config: IngressConfig, fetch: Fetch
-) -> tuple[ChatRequest, bytes, str]:
-    """The chat request, the file bytes and the text of its last user turn; an image or file
-    given by an http(s) URL is fetched with ``fetch``.
+    request: Request, config: IngressConfig
+) -> tuple[ChatRequest, Source, str]:
+    """The chat request, its document (bytes, or the http(s) URL to fetch it from) and the
+    text of its last user turn.
 
     Raises:
         InvalidInputError: For a body that is not a chat request, or no image or file.
         PayloadTooLargeError: For a file past ``max_upload_bytes``.
-        ClientError: For a URL that may not or could not be fetched (see serve_app.fetch).
     """
     check_upload_size(request, config)
     try:
@@ -65,13 +64,13 @@ async def read_chat_request(
     except (json.JSONDecodeError, ValidationError) as exc:
         raise InvalidInputError(f"invalid chat request: {exc}") from None
     source, text = last_user_content(chat)
-    data = await fetch(source) if isinstance(source, str) else source
-    check_upload_size(data, config)
-    return chat, data, text
+    if isinstance(source, bytes):
+        check_upload_size(source, config)
+    return chat, source, text
 
 
-def last_user_content(request: ChatRequest) -> tuple[bytes | str, str]:
-    """The file (bytes, or the URL to fetch it from) and the text of the last user message.
+def last_user_content(request: ChatRequest) -> tuple[Source, str]:
+    """The document (bytes, or the URL to fetch it from) and the text of the last user message.
 
     Raises:
         InvalidInputError: If there is no user message or it carries no image or file.
@@ -83,7 +82,7 @@ def last_user_content(request: ChatRequest) -> tuple[bytes | str, str]:
     parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
     if not isinstance(parts, list):
         raise InvalidInputError("message content must be a string or a list of parts")
-    data: bytes | str | None = None
+    data: Source | None = None
     texts: list[str] = []
     for part in parts:
         kind = part.get("type") if isinstance(part, dict) else None
@@ -93,14 +92,14 @@ def last_user_content(request: ChatRequest) -> tuple[bytes | str, str]:
             url = (part.get("image_url") or {}).get("url", "")
             if not isinstance(url, str) or not url:
                 raise InvalidInputError("image_url needs a 'url' (a data: or http(s) URL)")
-            data = decode_file_field(url) if url.startswith("data:") else url
+            data = decode_file_field(url) if url.startswith("data:") else UrlSource(url)
         elif kind == "file":
             file = part.get("file") or {}
             file_data, file_url = file.get("file_data"), file.get("file_url")
             if isinstance(file_data, str):
                 data = decode_file_field(file_data)
             elif isinstance(file_url, str):
-                data = file_url
+                data = UrlSource(file_url)
             else:
                 raise InvalidInputError(
                     "file parts need 'file_data' (base64 or a data URL) or 'file_url'"
@@ -178,14 +177,14 @@ def finish_reason(summary: dict[str, Any]) -> Literal["stop", "length"]:
     return "length" if summary["pages_truncated"] or summary["pages_failed"] else "stop"
 
 
-def chat_response(run: Run, reports: Sequence[PageReport]) -> dict[str, Any]:
+def chat_response(run: DocumentRun, reports: Sequence[PageReport]) -> dict[str, Any]:
     """The ``chat.completion`` for a finished document: its markdown, pages joined."""
     summary = summary_json(run.request_id, run.model, run.info, reports)
     content = document_markdown([r.outcome for r in reports])
     return completion(run.request_id, run.model, content, finish_reason(summary), summary["usage"])
 
 
-async def sse_events(run: Run) -> AsyncIterator[str]:
+async def sse_events(run: DocumentRun) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, one chunk per finished page, a final chunk with the
     finish reason and usage, ``[DONE]``; or an error event (a deadline, a full service)."""
 

@@ -2,7 +2,7 @@
 
 The OCR and chat routes turn what the client sent into :class:`RequestFields`;
 :func:`resolve_options` checks every field against the configuration and returns the
-:class:`~serve_app.pipeline.OCROptions` the stages use: the mode object, the final prompt,
+:class:`~serve_app.documents.messages.OCROptions` the stages use: the mode object, the final prompt,
 a page selection whose syntax is valid, a dpi and a ``max_tokens`` within their limits. So a
 client error is a 4xx before any page is rendered or sent to an engine. Pure: no Ray, vLLM
 or FastAPI.
@@ -18,13 +18,13 @@ from serve_app.config import AppConfig
 from serve_app.core.modes import ModelFamily, get_mode
 from serve_app.core.pdf import page_spans
 from serve_app.core.prompts import Task, build_prompt, custom_prompt, parse_task, task_of_prompt
+from serve_app.documents.messages import OCROptions
 from serve_app.errors import (
     InvalidInputError,
     InvalidPageRangeError,
     ModelNotFoundError,
     TaskNotSupportedError,
 )
-from serve_app.messages import OCROptions
 
 EVERY_TASK: frozenset[Task | None] = frozenset({*Task, None})
 

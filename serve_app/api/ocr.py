@@ -1,20 +1,25 @@
-"""HTTP request parsing and error responses for the ingress (FastAPI types, no Ray)."""
+"""``POST /v1/ocr``: its options, reading its body (multipart, form, JSON, raw, or a URL),
+and its answer as a stream of JSON lines or a ZIP file."""
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from serve_app.api.uploads import check_upload_size, decode_file_field
 from serve_app.config import IngressConfig
-from serve_app.errors import InvalidInputError, OCRError, PayloadTooLargeError
-from serve_app.resolve import RequestFields
+from serve_app.documents.door import RequestFields
+from serve_app.documents.messages import PageReport
+from serve_app.documents.results import page_json, summary_json, zip_bytes
+from serve_app.documents.run import DocumentRun
+from serve_app.documents.sources import Source, UrlSource
+from serve_app.errors import InvalidInputError, OCRError
 
 
 class OCRParams(BaseModel):
@@ -40,7 +45,7 @@ class OCRParams(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
 
     def fields(self) -> RequestFields:
-        """The request's fields for :func:`serve_app.resolve.resolve_options`; a ZIP always
+        """The request's fields for :func:`serve_app.documents.door.resolve_options`; a ZIP always
         carries figure crops and annotated pages."""
         return RequestFields(
             model=self.model,
@@ -84,49 +89,13 @@ def ocr_request_body_schema() -> dict[str, Any]:
     }
 
 
-def decode_file_field(value: str) -> bytes:
-    """Bytes of a base64 string or a ``data:...;base64,`` URL."""
-    if value.startswith("data:"):
-        header, sep, value = value.partition(",")
-        if not sep or ";base64" not in header:
-            raise InvalidInputError("a data URL must be base64-encoded ('data:<type>;base64,...')")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInputError("'file' is not valid base64") from None
-
-
-def check_upload_size(upload: Request | bytes, config: IngressConfig) -> None:
-    """Refuse an upload past ``max_upload_bytes``: its bytes, or a request by its declared
-    ``Content-Length`` before the body is read.
-
-    Raises:
-        PayloadTooLargeError: Naming the size and the limit.
-    """
-    if isinstance(upload, bytes):
-        size = len(upload)
-    else:
-        length = upload.headers.get("content-length", "")
-        size = int(length) if length.isdigit() else 0
-    if size > config.max_upload_bytes:
-        raise PayloadTooLargeError(
-            f"upload is {size} bytes; the limit is {config.max_upload_bytes}"
-        )
-
-
-Fetch = Callable[[str], Awaitable[bytes]]
-
-
-async def read_ocr_request(
-    request: Request, config: IngressConfig, fetch: Fetch
-) -> tuple[bytes, OCRParams]:
-    """The input's bytes and the options from a JSON, multipart or raw-body request; an input
-    named by ``url`` (a JSON or form field, or a query parameter) is fetched with ``fetch``.
+async def read_ocr_request(request: Request, config: IngressConfig) -> tuple[Source, OCRParams]:
+    """The input (its bytes, or the URL to fetch it from: a JSON or form field, or a query
+    parameter ``url``) and the options of a JSON, multipart or raw-body request.
 
     Raises:
         PayloadTooLargeError: Past ``max_upload_bytes``.
         InvalidInputError: For no file or URL, both, bad base64 or invalid options.
-        ClientError: For a URL that may not or could not be fetched (see serve_app.fetch).
     """
     check_upload_size(request, config)
     fields: dict[str, Any] = dict(request.query_params)
@@ -153,17 +122,18 @@ async def read_ocr_request(
     else:
         data = await request.body()
     url = fields.pop("url", None)
-    if url is not None and data:
-        raise InvalidInputError("send a file or a 'url', not both", param="url")
+    source: Source = data
     if url is not None:
+        if data:
+            raise InvalidInputError("send a file or a 'url', not both", param="url")
         if not isinstance(url, str):
             raise InvalidInputError("'url' must be a string", param="url")
-        data = await fetch(url)
-    if not data:
+        source = UrlSource(url)
+    elif not data:
         raise InvalidInputError("the request carries no file (send one, or a 'url')")
     check_upload_size(data, config)
     try:
-        return data, OCRParams.model_validate(fields)
+        return source, OCRParams.model_validate(fields)
     except ValidationError as exc:
         raise InvalidInputError(_validation_message(exc)) from None
 
@@ -176,9 +146,24 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def error_response(error: OCRError, details: dict[str, Any] | None = None) -> JSONResponse:
-    """The OpenAI-style JSON error with its status and, when retryable, ``Retry-After``;
-    ``details`` (the per-page answers) go beside ``error``."""
-    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
-    body = {**(details or {}), **error.to_body()}
-    return JSONResponse(body, status_code=error.status_code, headers=headers)
+async def ndjson_lines(run: DocumentRun) -> AsyncIterator[str]:
+    """A stream: one line per finished page, then the summary; or an error as the last line
+    (a deadline, a full service), since the status was sent with the first line."""
+    reports: list[PageReport] = []
+    try:
+        async for report in run.reports():
+            reports.append(report)
+            yield json.dumps(page_json(report, run.options)) + "\n"
+    except OCRError as error:
+        yield json.dumps({"object": "error", **error.to_body()}) + "\n"
+        return
+    yield json.dumps(summary_json(run.request_id, run.model, run.info, reports)) + "\n"
+
+
+async def zip_response(run: DocumentRun, reports: Sequence[PageReport]) -> Response:
+    """The document as a ZIP download (built off the event loop: seconds for long ones)."""
+    data = await asyncio.to_thread(
+        zip_bytes, run.request_id, run.model, run.info, reports, run.options
+    )
+    headers = {"Content-Disposition": f'attachment; filename="{run.request_id}.zip"'}
+    return Response(data, media_type="application/zip", headers=headers)

@@ -1,14 +1,14 @@
 """Optional API keys: bearer tokens checked against stored SHA-256 hashes.
 
-Keys are random 32-byte tokens (``python -m serve_app.auth new``), so a fast hash is enough:
+Keys are random 32-byte tokens (``python -m serve_app.api.auth new``), so a fast hash is enough:
 there is nothing to brute-force that a slow hash would protect. Only hashes are configured,
 one ``sha256:<hex>`` per line of a file or comma-separated in an environment variable (a
 Kubernetes Secret fills either). With no hashes configured every route is open. A presented
 key is hashed and compared with every stored hash in constant time. ``/health`` and
 ``/ready`` stay open (probes), and metrics are served by Ray, not by this app.
 
-    python -m serve_app.auth new            # a new key and the hash to configure
-    python -m serve_app.auth hash < key.txt # the hash of an existing key
+    python -m serve_app.api.auth new            # a new key and the hash to configure
+    python -m serve_app.api.auth hash < key.txt # the hash of an existing key
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serve_app.access_log import note
+from serve_app.api.access_log import access_record
+from serve_app.api.errors import error_response
+from serve_app.api.routes import OPEN_PATHS
 from serve_app.errors import ClientError
-from serve_app.http import error_response
 
 PREFIX = "sha256:"
-OPEN_PATHS = frozenset({"/health", "/ready"})
 
 
 class AuthenticationError(ClientError):
@@ -128,7 +128,7 @@ class AuthMiddleware:
         else:
             error = AuthenticationError("the API key is not valid")
             challenge = 'Bearer realm="deepseek-ocr", error="invalid_token"'
-        note(scope.setdefault("state", {}), outcome=error.code)
+        access_record(scope).outcome = error.code
         response = error_response(error)
         response.headers["WWW-Authenticate"] = challenge
         await response(scope, receive, send)

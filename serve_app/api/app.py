@@ -6,21 +6,31 @@ readiness; tests build it with in-process stages and drive it through ``httpx.AS
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from serve_app.access_log import AccessLogMiddleware, log_unexpected, note
-from serve_app.admission import Admission, AdmissionMiddleware
-from serve_app.auth import ApiKeys, AuthMiddleware
+from serve_app.api import routes
+from serve_app.api.access_log import AccessLogMiddleware, access_record, log_unexpected
+from serve_app.api.admission import Admission, AdmissionMiddleware
+from serve_app.api.auth import ApiKeys, AuthMiddleware
+from serve_app.api.errors import error_response
+from serve_app.api.ocr import ocr_request_body_schema
+from serve_app.api.service import OCRService
 from serve_app.errors import InvalidInputError, OCRError, as_ocr_error
-from serve_app.http import error_response, ocr_request_body_schema
-from serve_app.service import OCRService
 
-WORK_ROUTES = frozenset({"/v1/ocr", "/v1/chat/completions"})
+# An ASGI application, as Serve's ingress hands it over (FastAPI is one).
+ASGIApp = Callable[
+    [
+        MutableMapping[str, Any],
+        Callable[[], Awaitable[MutableMapping[str, Any]]],
+        Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ],
+    Awaitable[None],
+]
 
 
 def create_api(
@@ -36,44 +46,44 @@ def create_api(
         summary="Images and PDFs to markdown, text and layout boxes.",
         version="0.1.0",
     )
-    api.add_middleware(AdmissionMiddleware, paths=WORK_ROUTES, admission=admission)
+    api.add_middleware(AdmissionMiddleware, admission=admission)
     api.add_middleware(AuthMiddleware, keys=keys or ApiKeys(()))  # before any work is admitted
     # Outermost: it sees every answer, 429s included.
     api.add_middleware(AccessLogMiddleware, metrics=service.metrics)
 
     @api.exception_handler(OCRError)
     async def on_error(request: Request, exc: OCRError) -> JSONResponse:
-        note(request.scope["state"], outcome=exc.code)
+        access_record(request.scope).outcome = exc.code
         return error_response(exc)
 
     @api.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         error = as_ocr_error(exc)  # an error of another deployment arrives wrapped
         if error is not exc and error.code == "internal_error":
-            log_unexpected(request.scope["state"], exc)
+            log_unexpected(access_record(request.scope), exc)
         return await on_error(request, error)
 
     @api.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return await on_error(request, InvalidInputError(str(exc.errors())))
 
-    @api.get("/health")
+    @api.get(routes.HEALTH.path)
     async def health() -> dict[str, str]:
         """The ingress process is alive."""
         return {"status": "ok"}
 
-    @api.get("/ready")
+    @api.get(routes.READY.path)
     async def is_ready() -> dict[str, bool]:
         """200 once every engine replica the application was deployed with has loaded."""
         await ready()
         return {"ready": True}
 
-    @api.get("/v1/models")
+    @api.get(routes.MODELS.path)
     async def models() -> dict[str, Any]:
         """The models served; requests name one as ``model`` (the first is the default)."""
         return {"object": "list", "data": service.models()}
 
-    @api.post("/v1/ocr", openapi_extra={"requestBody": ocr_request_body_schema()})
+    @api.post(routes.OCR.path, openapi_extra={"requestBody": ocr_request_body_schema()})
     async def ocr(request: Request) -> Response:
         """OCR an image or PDF: multipart upload, JSON with base64 / data URL, or a raw body.
 
@@ -83,7 +93,7 @@ def create_api(
         """
         return await service.ocr(request)
 
-    @api.post("/v1/chat/completions")
+    @api.post(routes.CHAT.path)
     async def chat_completions(request: Request) -> Response:
         """OpenAI-compatible: the last user turn's image (``image_url`` data URL) or PDF
         (``file`` part) is OCR'd; its text is the prompt unless the extra field ``task`` is set.

@@ -4,8 +4,8 @@ The Kubernetes overlays never hold a hand-edited copy of the Serve config. Each 
 ``serve-overrides.yaml`` (what differs, and why) and a generated ``serve-config.yaml`` patch that
 carries the merged config as the RayService's ``serveConfigV2``:
 
-    python -m serve_app.deploy_config           # rewrite every overlay's serve-config.yaml
-    python -m serve_app.deploy_config --check   # fail if one is stale (the tests do this too)
+    python -m serve_app.tooling.deploy_config          # rewrite each overlay's serve-config.yaml
+    python -m serve_app.tooling.deploy_config --check  # fail if one is stale (so do the tests)
 
 Overrides are a merge patch (RFC 7386): mappings merge, ``null`` deletes, anything else replaces.
 ``applications`` and ``deployments`` are lists in the Serve config; in overrides they are
@@ -25,7 +25,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERVE_CONFIG = ROOT / "serve_config.yaml"
 OVERLAYS = ROOT / "k8s" / "overlays"
 OVERRIDES_FILE = "serve-overrides.yaml"

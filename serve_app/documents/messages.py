@@ -1,25 +1,31 @@
-"""The typed messages that cross a deployment boundary.
+"""The typed messages of a document run, and what crosses a deployment boundary.
 
-The ingress sends a :class:`PageTask` per page; preprocess answers with a
-:class:`PreparedPage`: a small :class:`PageHeader` plus the page's data (
-the engine's views and, when asked for, the page pixels. In the Serve graph that data stays
-in Ray's object store and only a reference travels through the ingress; in-process it is
-inline. A field every stage needs (a trace context, a deadline) is added to ``PageTask``.
+A run sends a :class:`PageTask` per page; preprocess answers with a :class:`PreparedPage`: a
+small :class:`PageHeader` plus the page's data (the engine's views and, when asked for, the
+page pixels). In the Serve graph that data stays in Ray's object store and only a reference
+travels through the ingress; in-process it is inline, so ``PreparedPage`` is generic in where
+its data is held. Each page ends as a :class:`PageReport`. A field every stage needs (a trace
+context, a deadline) is added to ``PageTask``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
+import numpy as np
+
+from serve_app.core.document import PageFailure, PageResult
 from serve_app.core.modes import Mode, get_mode
 from serve_app.core.prompts import Task, build_prompt
 from serve_app.core.tiling import EngineImage, PageImage
+from serve_app.engine.recognize import PageGeneration
 
 
 @dataclass(frozen=True)
 class OCROptions:
-    """What one request asks of every page, resolved at the door (:mod:`serve_app.resolve`).
+    """What one request asks of every page, resolved at the door
+    (:mod:`serve_app.documents.door`).
 
     Attributes:
         mode: The resolution mode (with its ``max_crops``).
@@ -103,22 +109,43 @@ class PageHeader:
     seconds: float  # spent preparing it
 
 
+# The oriented RGB page (``HxWx3`` uint8), or a page reader's PageImage that holds it.
+PagePixels = np.ndarray | PageImage
+
+ImageT = TypeVar("ImageT")  # an EngineImage, or where it is held (a Ray object reference)
+PixelsT = TypeVar("PixelsT")  # PagePixels, or where they are held
+
+
 @dataclass(frozen=True, eq=False)
-class PreparedPage:
-    """A prepared page: its header, and its bulk inline or as object-store references.
+class PreparedPage(Generic[ImageT, PixelsT]):
+    """A prepared page: its header, and its data inline (:data:`LocalPage`) or held elsewhere.
 
     Attributes:
         image: What the engine reads (:class:`PreparedImage` views or a
-            :class:`PageImage`), or a reference to it.
-        pixels: The oriented RGB page (``HxWx3`` uint8) or a reference to it, when
-            postprocess needs it (figures, annotated pages); else ``None``. In the Serve
-            graph, for a page reader, the same reference as ``image`` (a
-            :class:`PageImage`).
+            :class:`PageImage`), or where it is held.
+        pixels: The oriented page, when postprocess needs it (figures, annotated pages); else
+            ``None``. For a page reader, the same :class:`PageImage` as ``image``.
     """
 
     header: PageHeader
-    image: object
-    pixels: object | None
+    image: ImageT
+    pixels: PixelsT | None
+
+
+LocalPage = PreparedPage[EngineImage, PagePixels]
+
+
+@dataclass(frozen=True)
+class PageReport:
+    """The outcome of one page: a result or a failure, never missing."""
+
+    number: int
+    outcome: PageResult | PageFailure
+    generation: PageGeneration | None = None
+    mode: str | None = None
+    grid: tuple[int, int] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    engine_crashes: int = 0  # engine replicas that died with this page in flight
 
 
 def page_header(number: int, image: EngineImage, seconds: float) -> PageHeader:
