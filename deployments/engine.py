@@ -8,6 +8,7 @@ import logging
 import os
 import time
 
+import ray
 from ray import serve
 
 from deployments.page_data import StoredPage, page_data
@@ -17,12 +18,13 @@ from serve_app.documents.messages import PageTask
 from serve_app.documents.stages import Recognizer
 from serve_app.engine import make_engine
 from serve_app.engine.recognize import PageGeneration
-from serve_app.errors import EngineCrashedError
+from serve_app.errors import EngineCrashedError, EngineUnavailableError
 
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment
+# A replica whose engine died fails its health check: checked often, so it leaves routing soon.
+@serve.deployment(health_check_period_s=2.0)
 class EngineDeployment:
     async def __init__(self, model: str, config: EngineConfig) -> None:
         setup_replica("engine")
@@ -33,15 +35,18 @@ class EngineDeployment:
         logger.info("Model %s: %s engine ready in %.1f s (reads %s)", model, config.kind,
                     time.perf_counter() - start, config.reads)  # fmt: skip
         self._recognizer = Recognizer(engine, config)
-        self._replica_id = serve.get_replica_context().replica_id.unique_id
+        # The replica's name is its actor id, as the ingress names a replica whose process died.
+        self._replica_id = ray.get_runtime_context().get_actor_id()
 
     async def recognize(self, page: StoredPage, task: PageTask) -> PageGeneration:
+        if not self._recognizer.engine.is_ready():  # dead: refuse work until Serve replaces it
+            raise EngineUnavailableError("the engine of this replica has died; it is replaced")
         image = await page_data(page.image)
         try:
             return await self._recognizer.recognize(image, task)
         except EngineCrashedError as crash:
             # Name this replica: the ingress counts the distinct replicas a page crashed.
-            crash.replica = crash.replica or self._replica_id
+            crash.replica = self._replica_id
             raise
 
     def check_health(self) -> None:

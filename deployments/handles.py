@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 from ray import ObjectRef
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -21,7 +21,12 @@ from deployments.page_data import StoredPage
 from serve_app.core.document import PageResult
 from serve_app.documents.messages import DocumentInfo, OCROptions, PageTask
 from serve_app.engine.recognize import PageGeneration
-from serve_app.errors import EngineCrashedError, OverloadedError, as_ocr_error
+from serve_app.errors import (
+    EngineCrashedError,
+    EngineUnavailableError,
+    OverloadedError,
+    as_ocr_error,
+)
 
 
 class HandleStages:
@@ -49,13 +54,16 @@ class HandleStages:
         return await _overload_safe(self._pre.prepare.remote(source, task))
 
     async def recognize(self, page: StoredPage, task: PageTask) -> PageGeneration:
+        engine = self._engines[task.options.model]
         try:
-            engine = self._engines[task.options.model]
             return await _overload_safe(engine.recognize.remote(page, task))
+        except ActorUnavailableError:  # unreachable for now: the page may not have run
+            raise EngineUnavailableError(
+                "the engine replica could not be reached", param=None
+            ) from None
         except RayActorError as died:  # the replica's process died with the page in flight
-            replica = died.actor_id if isinstance(died.actor_id, str) else None
             message = f"the engine replica died with the page in flight ({type(died).__name__})"
-            raise EngineCrashedError(message, replica=replica) from None
+            raise EngineCrashedError(message, replica=died.actor_id) from None
 
     async def postprocess(
         self, page: StoredPage, generation: PageGeneration, task: PageTask

@@ -16,7 +16,7 @@ from deployments.handles import HandleStages
 from deployments.telemetry import RayRecorder, setup_replica
 from serve_app.api.admission import Admission
 from serve_app.api.app import ASGIApp, create_api
-from serve_app.api.auth import ApiKeys, load_hashes
+from serve_app.api.auth import configured_keys
 from serve_app.api.service import OCRService
 from serve_app.config import AppConfig
 from serve_app.documents.run import DocumentRunner
@@ -44,8 +44,12 @@ class OCRIngress:
         runner = DocumentRunner.from_config(ingress, stages, metrics)
         self._service = OCRService(config, runner)
         self._admission = Admission(ingress.max_working_requests, ingress.max_waiting_requests)
-        self._keys = ApiKeys(load_hashes(ingress.api_keys_file, ingress.api_keys_env))
-        logger.info("API keys: %s", "required" if self._keys.enabled else "none (routes open)")
+        self._keys = configured_keys(ingress)  # raises when required and there are none
+        if self._keys.enabled:
+            logger.info("API keys: required on every route but /health and /ready")
+        else:
+            logger.warning("API keys: none configured (ingress.api_keys_required is off): "
+                           "every route is open to whoever reaches this port")  # fmt: skip
         logger.info("Models: %s (default %s)", ", ".join(config.models), config.default_model_name)
         self._engines = engines
         # serve.status() blocks on the controller: one thread, so stuck probes cannot pile up.

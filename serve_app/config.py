@@ -70,10 +70,11 @@ class FakeEngineConfig(_Config):
     crash_delay_s: float = Field(
         0.0, ge=0, description="Seconds the crashing page runs (after the first-token latency)."
     )
-    crash_mode: Literal["raise", "exit"] = Field(
+    crash_mode: Literal["raise", "exit", "die"] = Field(
         "raise",
-        description="'exit' ends the replica's process (as a dead engine would); 'raise' "
-        "raises EngineCrashedError (in-process tests).",
+        description="'exit' ends the replica's process (a replica that died); 'die' kills the "
+        "engine with every request in flight while the process lives, as vLLM's engine core "
+        "does; 'raise' raises EngineCrashedError for that request alone (in-process tests).",
     )
     truncate_every: int | None = Field(
         None, ge=1, description="Every n-th request stops early with finish_reason 'length'."
@@ -261,14 +262,21 @@ class PostprocessConfig(_Config):
 
 
 class UrlFetchConfig(_Config):
-    """Inputs named by URL (``url`` on /v1/ocr, http(s) ``image_url`` in chat): fetched by the
-    ingress without SSRF (:mod:`serve_app.documents.fetch`), up to ``max_upload_bytes``."""
+    """Inputs named by URL (``url`` on /v1/ocr, http(s) ``image_url`` or ``file_url`` in chat):
+    off unless enabled, then fetched by the ingress without SSRF
+    (:mod:`serve_app.documents.fetch`), up to ``max_upload_bytes``, from ports 80 and 443 (others
+    only where the allowlist names them)."""
 
-    enabled: bool = Field(True, description="False refuses URL inputs (400).")
+    enabled: bool = Field(
+        False,
+        description="True fetches URL inputs for clients (any public address: turn on with "
+        "API keys, or on a network you trust); off, a URL input is refused with 400.",
+    )
     allowlist: list[str] = Field(
         default_factory=list,
-        description="Addresses fetched although not public: CIDR networks ('10.1.0.0/16'), "
-        "IPs, or 'host:port' / 'ip:port' (e.g. an in-cluster document store).",
+        description="Addresses fetched although not public, or on a port other than 80 and "
+        "443: CIDR networks ('10.1.0.0/16', any port), IPs (any port), or 'host:port' / "
+        "'ip:port' (e.g. an in-cluster document store).",
     )
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(10.0, gt=0, description="Longest wait for the next bytes.")
@@ -304,12 +312,13 @@ class IngressConfig(_Config):
     crash_retries: int = Field(
         3,
         ge=0,
-        description="Sends of a page again after the engine working on it died (on another "
-        "replica, Serve routes around the dead one).",
+        description="Sends of a page again after the engine working on it died, each alone "
+        "(no other page of its model in flight from this ingress replica); Serve routes "
+        "around the dead replica.",
     )
     quarantine_after_crashes: int = Field(
-        2, ge=1, description="A page in flight on this many engine replicas that died is "
-        "quarantined: reported with code page_quarantined and not sent again."
+        2, ge=1, description="A page that was alone on this many engine replicas that died "
+        "with it is quarantined: reported with code page_quarantined and not sent again."
     )  # fmt: skip
     quarantine_ttl_s: float = Field(
         3600.0, gt=0, description="How long the same upload's quarantined page stays refused."
@@ -321,9 +330,26 @@ class IngressConfig(_Config):
     )
     api_keys_env: str = Field(
         "OCR_API_KEY_HASHES",
-        description="An environment variable of comma-separated API key hashes. With no hashes "
-        "in either place every route is open.",
+        description="An environment variable of comma-separated API key hashes.",
     )
+    api_keys_required: bool = Field(
+        False,
+        description="Refuse to start without a configured key hash (on in every Kubernetes "
+        "overlay, so a missing Secret cannot open the service). Off, with no hashes, every "
+        "route is open and the ingress says so when it starts.",
+    )
+
+    @model_validator(mode="after")
+    def _can_quarantine(self) -> IngressConfig:
+        # The first send of a page goes with others; only sends again go alone, and only a
+        # crash alone counts: crash_retries of them at most.
+        if self.quarantine_after_crashes > self.crash_retries:
+            raise ValueError(
+                f"quarantine_after_crashes ({self.quarantine_after_crashes}) must not exceed "
+                f"crash_retries ({self.crash_retries}): a page is sent alone at most "
+                "crash_retries times, so it could never be quarantined"
+            )
+        return self
 
 
 def _one_model() -> dict[str, EngineConfig]:

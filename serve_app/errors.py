@@ -129,8 +129,8 @@ class GenerationError(ServerError):
 class EngineCrashedError(ServerError):
     """The engine working on the page died: its replica's process, or vLLM's engine core.
 
-    ``replica`` names the engine replica that died, when known: a page is quarantined only
-    after it was in flight on two different replicas that died.
+    ``replica`` names the engine replica that died (its Ray actor id), when known: a page is
+    quarantined only after replicas it was alone on died with it (two by default).
     """
 
     status_code = 503
@@ -143,6 +143,16 @@ class EngineCrashedError(ServerError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.message, self.param, self.replica)
+
+
+class EngineUnavailableError(ServerError):
+    """The engine replica could not take the page, which did not run there: its engine had
+    already died (it is being replaced), or Ray could not reach it. Sent again, not counted as
+    a crash of the page."""
+
+    status_code = 503
+    code = "engine_unavailable"
+    retry_after_s = 10
 
 
 class PageDataLostError(ServerError):
@@ -159,6 +169,20 @@ class ModelNotFoundError(ClientError):
 
     status_code = 404
     code = "model_not_found"
+
+
+class RouteNotFoundError(ClientError):
+    """No route has this path (HTTP 404)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class MethodNotAllowedError(ClientError):
+    """The route exists but not for this HTTP method (HTTP 405)."""
+
+    status_code = 405
+    code = "method_not_allowed"
 
 
 class TaskNotSupportedError(ClientError):

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from opentelemetry.trace import Span, SpanKind
 
@@ -91,6 +92,16 @@ def access_record(scope: MutableMapping[str, Any]) -> AccessRecord:
     return record
 
 
+def quote_path(path: str) -> str:
+    """The request path as the log writes it: percent-encoded again, so a decoded ``%0A`` or
+    space cannot end the line or forge a field.
+
+    >>> quote_path("/v1/ocr"), quote_path("/x\n request_id=forged")
+    ('/v1/ocr', '/x%0A%20request_id=forged')
+    """
+    return quote(path, safe="/:@!$&'()*+,;=-._~")
+
+
 def log_unexpected(record: AccessRecord, exc: BaseException) -> None:
     """Log an exception nobody expected, with its traceback and the request id."""
     logger.error(
@@ -148,7 +159,7 @@ class AccessLogMiddleware:
         request_id = _NOT_ID.sub("", (given or b"").decode("latin-1"))[:128]
         record = access_record(scope)
         record.request_id = request_id or record.request_id
-        record.method, record.route = scope.get("method"), str(scope.get("path"))
+        record.method, record.route = scope.get("method"), quote_path(str(scope.get("path")))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

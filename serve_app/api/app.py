@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.api import routes
 from serve_app.api.access_log import AccessLogMiddleware, access_record, log_unexpected
@@ -20,7 +21,15 @@ from serve_app.api.auth import ApiKeys, AuthMiddleware
 from serve_app.api.errors import error_response
 from serve_app.api.ocr import ocr_request_body_schema
 from serve_app.api.service import OCRService
-from serve_app.errors import InvalidInputError, OCRError, as_ocr_error
+from serve_app.api.uploads import BodyLimitMiddleware
+from serve_app.errors import (
+    ClientError,
+    InvalidInputError,
+    MethodNotAllowedError,
+    OCRError,
+    RouteNotFoundError,
+    as_ocr_error,
+)
 
 # An ASGI application, as Serve's ingress hands it over (FastAPI is one).
 ASGIApp = Callable[
@@ -46,6 +55,7 @@ def create_api(
         summary="Images and PDFs to markdown, text and layout boxes.",
         version="0.1.0",
     )
+    api.add_middleware(BodyLimitMiddleware, max_bytes=service.max_upload_bytes)
     api.add_middleware(AdmissionMiddleware, admission=admission)
     api.add_middleware(AuthMiddleware, keys=keys or ApiKeys(()))  # before any work is admitted
     # Outermost: it sees every answer, 429s included.
@@ -66,6 +76,21 @@ def create_api(
     @api.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return await on_error(request, InvalidInputError(str(exc.errors())))
+
+    @api.exception_handler(StarletteHTTPException)
+    async def on_routing(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own 404 and 405, in the service's error shape."""
+        path = access_record(request.scope).route
+        if exc.status_code == 405:
+            error: OCRError = MethodNotAllowedError(f"{request.method} is not allowed on {path}")
+        elif exc.status_code == 404:
+            error = RouteNotFoundError(f"no route {path}; the API is listed at /docs")
+        else:
+            error = ClientError(str(exc.detail))
+        response = await on_error(request, error)
+        response.status_code = exc.status_code
+        response.headers.update(exc.headers or {})
+        return response
 
     @api.get(routes.HEALTH.path)
     async def health() -> dict[str, str]:

@@ -3,8 +3,9 @@
 Keys are random 32-byte tokens (``python -m serve_app.api.auth new``), so a fast hash is enough:
 there is nothing to brute-force that a slow hash would protect. Only hashes are configured,
 one ``sha256:<hex>`` per line of a file or comma-separated in an environment variable (a
-Kubernetes Secret fills either). With no hashes configured every route is open. A presented
-key is hashed and compared with every stored hash in constant time. ``/health`` and
+Kubernetes Secret fills either). With ``api_keys_required`` a replica that finds no hashes
+refuses to start; otherwise no hashes means every route is open. A presented key is hashed
+and compared with every stored hash in constant time. ``/health`` and
 ``/ready`` stay open (probes), and metrics are served by Ray, not by this app.
 
     python -m serve_app.api.auth new            # a new key and the hash to configure
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serve_app.api.access_log import access_record
 from serve_app.api.errors import error_response
 from serve_app.api.routes import OPEN_PATHS
+from serve_app.config import IngressConfig
 from serve_app.errors import ClientError
 
 PREFIX = "sha256:"
@@ -98,6 +100,35 @@ class ApiKeys:
         return found
 
 
+class MissingApiKeysError(RuntimeError):
+    """Keys are required and none are configured: the ingress does not start."""
+
+
+SECRET = "deepseek-ocr-api-keys"  # the Kubernetes Secret the overlays read the hashes from
+
+
+def configured_keys(config: IngressConfig, env: Mapping[str, str] = os.environ) -> ApiKeys:
+    """The keys ``config`` names (its file and environment variable).
+
+    Raises:
+        MissingApiKeysError: Keys are required and there are none, naming where they go.
+        ValueError: For a malformed hash entry.
+    """
+    keys = ApiKeys(load_hashes(config.api_keys_file, config.api_keys_env, env))
+    if config.api_keys_required and not keys.enabled:
+        where = f"${config.api_keys_env}" + (
+            f" or {config.api_keys_file}" if config.api_keys_file else ""
+        )
+        raise MissingApiKeysError(
+            f"API keys are required (ingress.api_keys_required) but {where} holds no key "
+            f"hash. On Kubernetes ${config.api_keys_env} comes from the Secret {SECRET} (key "
+            f"'hashes'): kubectl -n deepseek-ocr create secret generic {SECRET} "
+            "--from-literal=hashes=sha256:... (make one with python -m serve_app.api.auth "
+            "new), then restart the pods"
+        )
+    return keys
+
+
 def bearer_token(scope: Scope) -> str | None:
     for name, value in scope.get("headers") or []:
         if name == b"authorization":
@@ -108,13 +139,19 @@ def bearer_token(scope: Scope) -> str | None:
 
 class AuthMiddleware:
     """ASGI middleware: 401 JSON with ``WWW-Authenticate`` unless the request carries a
-    configured key (every path but :data:`OPEN_PATHS`; nothing is checked without keys)."""
+    configured key (every path but :data:`OPEN_PATHS`; nothing is checked without keys). With
+    keys, a websocket is closed before it is accepted (the API has none, and a scope this
+    middleware does not check must not pass)."""
 
     def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
         self.app = app
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and self.keys.enabled:
+            await receive()  # websocket.connect; closing now refuses the handshake (403)
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http" or not self.keys.enabled or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return

@@ -35,7 +35,7 @@ class OCRParams(BaseModel):
     max_crops: int | None = Field(None, description="Gundam tile limit, 2..9")
     text: str | None = Field(None, description="What to find, for task=locate")
     pages: str | None = Field(None, description="PDF pages, e.g. '1-3,7' (1-based)")
-    dpi: int | None = Field(None, ge=36, description="PDF render resolution")
+    dpi: int | None = Field(None, description="PDF render resolution (36 to the service's max)")
     include_regions: bool = True
     include_figures: bool = False
     include_annotated: bool = False

@@ -52,6 +52,10 @@ class OCRService:
     def metrics(self) -> ServiceMetrics:
         return self._runner.metrics
 
+    @property
+    def max_upload_bytes(self) -> int:
+        return self._config.max_upload_bytes
+
     def models(self) -> list[dict[str, Any]]:
         """``/v1/models`` entries, the default model first, each with the tasks it can do."""
         names = sorted(self.door.models, key=lambda name: name != self.door.default)

@@ -1,4 +1,5 @@
-"""Files in requests: base64 fields and data URLs, and the upload size limit."""
+"""Files in requests: base64 fields and data URLs, and the upload size limit (checked on the
+declared length, and counted as a body arrives)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import binascii
 
 from fastapi import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.config import IngressConfig
 from serve_app.errors import InvalidInputError, PayloadTooLargeError
@@ -39,3 +41,32 @@ def check_upload_size(upload: Request | bytes, config: IngressConfig) -> None:
         raise PayloadTooLargeError(
             f"upload is {size} bytes; the limit is {config.max_upload_bytes}"
         )
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: a request body is counted as it arrives and refused (413) once it
+    passes ``max_bytes``, whether or not it declared a ``Content-Length`` (a chunked body
+    would otherwise be read whole into memory before any check)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLargeError(
+                        f"the request body passed {self.max_bytes} bytes, the upload limit"
+                    )
+            return message
+
+        await self.app(scope, counted, send)

@@ -27,6 +27,7 @@ from serve_app.errors import (
 )
 
 EVERY_TASK: frozenset[Task | None] = frozenset({*Task, None})
+MIN_DPI = 36  # below it a page's text is a few pixels high
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,8 @@ def resolve_options(
     except InvalidPageRangeError as exc:
         raise InvalidPageRangeError(exc.message, param="pages") from None
     dpi = fields.dpi if fields.dpi is not None else limits.default_dpi
-    if dpi > limits.max_dpi:
-        raise InvalidInputError(f"dpi {dpi} is above the limit {limits.max_dpi}", param="dpi")
+    if not MIN_DPI <= dpi <= limits.max_dpi:
+        raise InvalidInputError(f"dpi {dpi} is outside {MIN_DPI}..{limits.max_dpi}", param="dpi")
     # The engine also clamps to what the page's prompt leaves; past the window is an error.
     if fields.max_tokens is not None and fields.max_tokens >= limits.max_model_len:
         raise InvalidInputError(

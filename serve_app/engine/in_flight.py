@@ -19,6 +19,9 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._flags)
 
+    def ids(self) -> set[str]:
+        return set(self._flags)
+
     @contextmanager
     def running(self, request_id: str) -> Iterator[asyncio.Event]:
         """Holds ``request_id`` while the block runs; yields its abort flag.

@@ -35,7 +35,9 @@ class RapidOCREngine:
     """Implements :class:`serve_app.engine.protocol.OCREngine` with rapidocr on CPU.
 
     Pages run in worker threads (onnxruntime releases the GIL), at most
-    ``config.pages_at_once`` at a time; the rest wait their turn in arrival order.
+    ``config.pages_at_once`` at a time; the rest wait their turn in arrival order. A thread
+    cannot be stopped, so a read whose request was cancelled keeps its turn (and counts as
+    unfinished) until it ends.
     """
 
     def __init__(self, config: RapidOCRConfig) -> None:
@@ -43,6 +45,7 @@ class RapidOCREngine:
         self._ocr: Any = None
         self._turns = asyncio.Semaphore(config.pages_at_once)
         self._running = InFlight()
+        self._reads: dict[asyncio.Future[tuple[str, float]], str] = {}  # thread -> request id
 
     async def start(self) -> None:
         self._ocr = await asyncio.to_thread(self._load)
@@ -75,7 +78,7 @@ class RapidOCREngine:
         return self._ocr is not None
 
     def num_unfinished(self) -> int:
-        return len(self._running)
+        return len(self._running.ids() | set(self._reads.values()))
 
     async def abort(self, request_id: str) -> None:
         self._running.abort(request_id)
@@ -93,12 +96,13 @@ class RapidOCREngine:
             raise InvalidInputError("rapidocr reads the page's pixels, not DeepSeek's views")
         with self._running.running(request.request_id) as aborted:
             start = time.perf_counter()
-            async with self._turns:
-                queued_s = time.perf_counter() - start
-                if aborted.is_set():
-                    yield GenerateUpdate("", (), None, "abort", 0, 0, queued_s)
-                    return
-                text, confidence = await asyncio.to_thread(self._read, request)
+            await self._turns.acquire()
+            queued_s = time.perf_counter() - start
+            if aborted.is_set():
+                self._turns.release()
+                yield GenerateUpdate("", (), None, "abort", 0, 0, queued_s)
+                return
+            text, confidence = await asyncio.shield(self._start_read(request))
             limit = request.max_tokens if request.max_tokens is not None else len(text)
             finish: FinishReason = "length" if len(text) > limit else "stop"
             pieces = text[:limit].splitlines(keepends=True) or [""]
@@ -119,6 +123,21 @@ class RapidOCREngine:
                     queued_s=queued_s if n == len(pieces) else None,
                 )
                 await asyncio.sleep(0)  # an abort between lines is seen
+
+    def _start_read(self, request: GenerateRequest) -> asyncio.Future[tuple[str, float]]:
+        """The page's read in a thread, holding the turn taken for it until the thread ends
+        (not until its request does: a cancelled request leaves its thread running)."""
+        reading = asyncio.ensure_future(asyncio.to_thread(self._read, request))
+        self._reads[reading] = request.request_id
+
+        def finished(done: asyncio.Future[tuple[str, float]]) -> None:
+            del self._reads[done]
+            self._turns.release()
+            if not done.cancelled():
+                done.exception()  # seen here, whether or not its request is still waiting
+
+        reading.add_done_callback(finished)
+        return reading
 
     def _read(self, request: GenerateRequest) -> tuple[str, float]:
         """The page's answer for the request's task, and the mean confidence of its lines."""

@@ -22,6 +22,7 @@ from serve_app.engine.protocol import FinishReason, GenerateRequest, GenerateUpd
 from serve_app.engine.source import resolve_model
 from serve_app.errors import (
     EngineCrashedError,
+    EngineUnavailableError,
     GenerationError,
     InvalidInputError,
     NotReadyError,
@@ -177,8 +178,8 @@ class VLLMEngine:
         )
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateUpdate]:
-        if self._llm is not None and self._llm.errored:
-            raise EngineCrashedError("the vLLM engine has died; this replica is being replaced")
+        if self._llm is not None and self._llm.errored:  # the page never ran here
+            raise EngineUnavailableError("the vLLM engine has died; this replica is replaced")
         if not self.is_ready():
             raise NotReadyError("the engine is not ready")
         from vllm.v1.engine.exceptions import EngineDeadError

@@ -48,13 +48,15 @@ def start_app(
     name: str = "ocr-test",
     options: Mapping[str, Mapping[str, Any]] | None = None,
     wait: bool = True,
+    route_prefix: str = "/",
 ) -> str:
     """Run the whole graph (ingress, preprocess, engine, postprocess) and return its URL.
 
     ``options`` are ``Deployment.options(...)`` by deployment name, as the ``deployments:``
     section of ``serve_config.yaml`` sets them (``{"OCRIngress": {"max_queued_requests": 4}}``).
     With ``wait=False`` the URL comes back while the application is still deploying (its
-    routes may answer 404 or 503 until the ingress is up).
+    routes may answer 404 or 503 until the ingress is up). A second application beside a
+    running one needs its own ``route_prefix``.
     """
     import ray
     from ray import serve
@@ -71,14 +73,14 @@ def start_app(
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_graph(config, options)
     if wait:
-        serve.run(app, name=name, route_prefix="/")
+        serve.run(app, name=name, route_prefix=route_prefix)
     else:
         # serve.run returns only once the application is RUNNING; this does not wait.
         from ray.serve.api import RunTarget, _run_many
 
-        target = RunTarget(target=app, name=name, route_prefix="/")
+        target = RunTarget(target=app, name=name, route_prefix=route_prefix)
         _run_many([target], wait_for_applications_running=False)
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{port}{route_prefix.rstrip('/')}"
 
 
 def with_env(

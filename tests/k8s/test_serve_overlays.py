@@ -99,9 +99,17 @@ def has_gpu(group: dict[str, Any]) -> bool:
     return any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in containers)
 
 
-def test_cpu_overlay_runs_the_local_app_unchanged() -> None:
+def test_cpu_overlay_runs_the_local_app_with_keys_required() -> None:
     cpu = next(p for p in OVERLAYS if p.name == "cpu")
-    assert serve_config(render(cpu)) == BASE
+    keys = {"applications": {"deepseek-ocr": {"args": {"ingress": {"api_keys_required": True}}}}}
+    assert serve_config(render(cpu)) == deploy_config.merge(BASE, keys)
+
+
+def test_every_overlay_requires_api_keys_and_make_serve_does_not(overlay: Path) -> None:
+    (app,) = serve_config(render(overlay))["applications"]
+    assert AppConfig.model_validate(app["args"]).ingress.api_keys_required
+    (local,) = BASE["applications"]
+    assert not AppConfig.model_validate(local["args"]).ingress.api_keys_required
 
 
 def test_a_misspelled_or_missing_deployment_is_refused() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -113,16 +115,101 @@ def test_a_good_request_is_counted_and_carries_its_id(fake_app: httpx.Client) ->
     assert "engine_s=" in line and "preprocess_s=" in line
 
 
-def wait_for_log_line(needle: str, timeout_s: float = 10.0) -> str:
+def log_lines(needle: str) -> list[str]:
+    """The ingress replicas' Serve log lines that contain ``needle``."""
     import glob
+
+    found = []
+    for path in glob.glob("/tmp/rt-ocr/session_latest/logs/serve/replica_*OCRIngress*.log"):
+        with open(path, errors="replace") as f:
+            found += [line for line in f if needle in line]
+    return found
+
+
+def wait_for_log_line(needle: str, timeout_s: float = 10.0) -> str:
     import time
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for path in glob.glob("/tmp/rt-ocr/session_latest/logs/serve/replica_*OCRIngress*.log"):
-            with open(path, errors="replace") as f:
-                for line in f:
-                    if needle in line:
-                        return line
+        if found := log_lines(needle):
+            return found[0]
         time.sleep(0.2)
     raise AssertionError(f"no log line with {needle!r}")
+
+
+def test_a_chunked_body_past_the_limit_is_refused_while_it_arrives(fake_app: httpx.Client) -> None:
+    """No Content-Length to check first: the body is counted as it arrives (the limit here is
+    5 MB) and refused with 413; the service answers the next request as usual."""
+
+    def body() -> Iterator[bytes]:
+        for _ in range(16):  # 16 MiB, sent chunked
+            yield b"%PDF" + b"\0" * (2**20 - 4)
+
+    r = fake_app.post("/v1/ocr", content=body(), headers={"content-type": "application/pdf"})
+    assert r.status_code == 413, r.text
+    error = r.json()["error"]
+    assert error["code"] == "payload_too_large" and "passed 5000000 bytes" in error["message"]
+    ok = fake_app.post("/v1/ocr", files={"file": ("d.pdf", PDF, "application/pdf")},
+                       data={"pages": "1", "mode": "tiny"})  # fmt: skip
+    assert ok.status_code == 200, ok.text
+
+
+def test_an_unknown_route_answers_in_the_services_error_shape(fake_app: httpx.Client) -> None:
+    missing = fake_app.get("/v1/nothing")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    wrong = fake_app.get("/v1/ocr")
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in wrong.headers["allow"]
+
+
+def test_a_path_cannot_forge_a_log_line(fake_app: httpx.Client) -> None:
+    r = fake_app.get("/x%0Arequest_id=forged%20outcome=ok", headers={"x-request-id": "forger-1"})
+    assert r.status_code == 404
+    line = wait_for_log_line("request_id=forger-1 ")
+    assert "route=/x%0Arequest_id=forged%20outcome=ok status=404 outcome=not_found" in line
+    forged = [found for found in log_lines("forged") if "request_id=forger-1 " not in found]
+    assert forged == []  # the path wrote no line of its own
+
+
+def test_two_requests_with_one_client_id_both_succeed(fake_app: httpx.Client) -> None:
+    """A client retry reuses its X-Request-ID; the engine's request ids are the server's."""
+    pdf = text_pdf(6)
+
+    def send(_: int) -> httpx.Response:
+        with httpx.Client(base_url=str(fake_app.base_url), timeout=60) as client:
+            return client.post("/v1/ocr", files={"file": ("d.pdf", pdf, "application/pdf")},
+                               data={"mode": "tiny"}, headers={"x-request-id": "retry-7"})  # fmt: skip
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(send, range(2)))
+    for r in answers:
+        assert r.status_code == 200, r.text
+        assert r.json()["id"] == "ocr-retry-7" and r.headers["x-request-id"] == "retry-7"
+        codes = {p.get("error", {}).get("code") for p in r.json()["pages"]}
+        assert codes <= {None, "generation_failed"}  # the fake fails every fifth page
+
+
+def test_an_ingress_that_requires_keys_and_finds_none_does_not_start(
+    fake_app: httpx.Client,
+) -> None:
+    """A missing or misspelt Secret must not open the service: the replica refuses to start,
+    and Serve's status says why."""
+    from ray import serve
+
+    from serve_app.config import AppConfig
+    from serve_app.testing.serve import start_app, with_env
+
+    config = AppConfig.model_validate(
+        {"models": {"deepseek-ocr": {"kind": "fake"}}, "ingress": {"api_keys_required": True}}
+    )
+    options = with_env({"OCR_API_KEY_HASHES": ""}, config)
+    try:
+        with pytest.raises(RuntimeError, match="OCRIngress"):
+            start_app(config, name="ocr-keys", options=options, route_prefix="/keys")
+        status = serve.status().applications["ocr-keys"].deployments["OCRIngress"]
+        assert status.status == "DEPLOY_FAILED"
+        assert "API keys are required (ingress.api_keys_required)" in status.message
+        assert "the Secret deepseek-ocr-api-keys" in status.message
+    finally:
+        serve.delete("ocr-keys")
+    assert fake_app.get("/health").status_code == 200  # the other application is untouched

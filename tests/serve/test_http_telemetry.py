@@ -159,7 +159,9 @@ def test_metrics_count_pages_answers_and_tokens(
     while True:
         series = scrape()
         found = {key: total(series, key[0], **{key[1]: key[2]}) for key in expected}
-        if found == expected or time.monotonic() > deadline:
+        gauge_seen = any(name == "ray_ocr_pages_in_flight" for name, _ in series)
+        if (found == expected and gauge_seen) or time.monotonic() > deadline:
             break
         time.sleep(2)
+    assert gauge_seen, "the pages-in-flight gauge was never exported"  # else its 0 is vacuous
     assert found == expected

@@ -1,9 +1,10 @@
-"""A dead vLLM engine core under the Serve graph: a clear 503, then a replaced replica."""
+"""A dead vLLM engine core under the Serve graph: its replica refuses work without counting a
+crash, fails its health check and is replaced, and a page sent meanwhile is answered by the
+replacement. (tests/serve/test_http_faults.py runs the same with the fake engine by default.)"""
 
 from __future__ import annotations
 
 import signal
-import time
 
 import httpx
 import psutil
@@ -44,23 +45,11 @@ def test_a_killed_engine_core_fails_health_and_serve_replaces_the_replica(
         for core in cores:
             core.send_signal(signal.SIGKILL)
 
-        # The page is sent again while Serve replaces the replica; if that takes longer than
-        # the retries, the answer is a clear 503 engine_crashed, never a 500.
+        # Sent while the replica with the dead engine is still routable: refused there (not a
+        # crash of this page), then answered once Serve has replaced the replica.
         first = ocr(client)
-        assert first.status_code in (200, 503), first.text
-        if first.status_code == 503:
-            assert first.json()["error"]["code"] == "engine_crashed"
-            assert first.headers["retry-after"]
-
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            try:
-                if engine_pid() != replica.pid:
-                    break
-            except Exception:  # noqa: BLE001 - the replica may be between lives
-                pass
-            time.sleep(2)
+        assert first.status_code == 200, first.text
+        (page,) = first.json()["pages"]
+        assert page["usage"]["completion_tokens"] > 0
+        assert page.get("engine_crashes", 0) <= 1  # at most a call that raced the replica's end
         assert engine_pid() != replica.pid, "Serve did not replace the replica"
-        r = ocr(client)
-        assert r.status_code == 200, r.text
-        assert r.json()["pages"][0]["usage"]["completion_tokens"] > 0

@@ -133,3 +133,21 @@ def test_a_real_engine_reads_a_pdf_without_http_ray_or_vllm() -> None:
         "outcome": "ok",
         "loaded": [],
     }
+
+
+def test_two_runs_with_one_request_id_both_succeed() -> None:
+    """A client retry reuses its id; the engine's request ids are the server's own."""
+
+    async def go() -> list[list[PageReport]]:
+        config = fake_config(first_token_latency_s=0.2)
+        stages = await LocalStages.started(config)
+        runner = DocumentRunner.from_config(config.ingress, stages)
+        options = Door(config).resolve(RequestFields(mode="tiny"))
+        runs = [await runner.start("ocr-retry-7", text_pdf(2), options) for _ in range(2)]
+        reports = await asyncio.gather(*(run.collect() for run in runs))
+        await stages.shutdown()
+        assert [run.request_id for run in runs] == ["ocr-retry-7"] * 2
+        return list(reports)
+
+    for reports in asyncio.run(go()):
+        assert [type(r.outcome) for r in reports] == [PageResult, PageResult]

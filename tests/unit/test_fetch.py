@@ -11,6 +11,7 @@ import asyncio
 import datetime
 import doctest
 import ipaddress
+import logging
 import socket
 import ssl
 import time
@@ -33,6 +34,7 @@ from serve_app.documents.fetch import (
     UrlTimeoutError,
     fetch_url,
 )
+from serve_app.documents.sources import Sources, UrlSource
 from serve_app.errors import ClientError, InvalidInputError, PayloadTooLargeError
 
 T = TypeVar("T")
@@ -61,10 +63,14 @@ class Origin:
 
 @asynccontextmanager
 async def serve(
-    routes: dict[str, Handler], tls: ssl.SSLContext | None = None
+    routes: dict[str, Handler],
+    tls: ssl.SSLContext | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
 ) -> AsyncIterator[Origin]:
-    """An HTTP/1.1 server on 127.0.0.1: one request per connection, answered by ``routes``."""
-    origin = Origin(port=0)
+    """An HTTP/1.1 server on ``host`` (a loopback address): one request per connection,
+    answered by ``routes``."""
+    origin = Origin(port=port)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -79,7 +85,7 @@ async def serve(
         finally:
             writer.close()
 
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=tls)
+    server = await asyncio.start_server(on_connect, host, port, ssl=tls)
     origin.port = server.sockets[0].getsockname()[1]
     try:
         yield origin
@@ -130,7 +136,7 @@ def fake_resolver(
 
 
 def assert_url_error(error: ClientError, kind: type[ClientError], *fragments: str) -> None:
-    assert type(error) is kind
+    assert isinstance(error, kind)
     assert error.param == "url"
     for fragment in fragments:
         assert fragment in error.message
@@ -364,9 +370,10 @@ def test_not_allowlisted_loopback_server_is_refused() -> None:
 def test_connects_to_the_checked_address_with_the_name_as_host(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The name is resolved once; a second answer (DNS rebinding) is never asked for."""
+    """The name is resolved once; a second answer (DNS rebinding), a live server at another
+    allowed address, is never asked for and never receives a request."""
     calls: list[str] = []
-    answers = iter([["127.0.0.1"], ["10.0.0.5"]])
+    answers = iter([["127.0.0.1"], ["127.0.0.2"]])
 
     async def rebinding(host: str, port: int) -> list[fetch.IPAddress]:
         calls.append(host)
@@ -374,16 +381,20 @@ def test_connects_to_the_checked_address_with_the_name_as_host(
 
     monkeypatch.setattr(fetch, "resolve", rebinding)
 
-    async def go() -> tuple[Fetched, Origin]:
+    async def go() -> tuple[Fetched, Origin, Origin]:
         async with serve({"/ok": respond(200, b"png", "image/png")}) as origin:
-            url = origin.url(host="docs.example")
-            return await fetch_url(url, policy(origin)), origin
+            second = {"/ok": respond(200, b"rebound", "image/png")}
+            async with serve(second, host="127.0.0.2", port=origin.port) as rebound:
+                url = origin.url(host="docs.example")
+                allowed = policy(allowlist=["127.0.0.0/8"])
+                return await fetch_url(url, allowed), origin, rebound
 
-    result, origin = run(go())
+    result, origin, rebound = run(go())
     assert result.content == b"png" and result.content_type == "image/png"
     assert result.url == f"http://docs.example:{origin.port}/ok"
     assert calls == ["docs.example"]
     assert origin.requests[0][1]["host"] == f"docs.example:{origin.port}"
+    assert rebound.requests == []
 
 
 def test_host_port_allowlist_entry(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -648,3 +659,79 @@ def test_https_sends_the_name_as_sni_and_verifies_it(
     assert len(origin.requests) == 1  # the mismatched handshake never got to a request
     assert "CERTIFICATE_VERIFY_FAILED" in mismatch.message
     assert "other.example" in mismatch.message
+
+
+# --- ports, downgrades, and what a client is told -----------------------------------------
+
+
+def test_only_web_ports_unless_the_allowlist_names_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fetch, "resolve", fake_resolver({"docs.example": [str(PUBLIC)]}))
+    for url in ("http://docs.example:8080/a.pdf", "https://docs.example:22/a.pdf",
+                f"http://{PUBLIC}:6379/"):  # fmt: skip
+        with pytest.raises(UrlNotAllowedError) as caught:
+            run(fetch_url(url, FetchPolicy()))
+        assert_url_error(caught.value, UrlNotAllowedError, "is not allowed; only 80 and 443")
+
+
+def test_a_redirect_from_https_to_http_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca, cert, key = make_certificates(tmp_path, "docs.example")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    monkeypatch.setattr(fetch, "resolve", fake_resolver({"docs.example": ["127.0.0.1"]}))
+
+    async def go() -> tuple[UrlNotAllowedError, Origin]:
+        async with serve({"/ok": respond(200, b"plain")}) as plain:
+            down = redirect(f"http://docs.example:{plain.port}/ok")
+            async with serve({"/doc": down}, tls=server_ctx) as secure:
+                url = f"https://docs.example:{secure.port}/doc"
+                with pytest.raises(UrlNotAllowedError) as caught:
+                    await fetch_url(url, policy(plain, secure, ca_file=str(ca)))
+                return caught.value, plain
+
+    refused, plain = run(go())
+    assert_url_error(refused, UrlNotAllowedError, "a redirect from https to http is not followed")
+    assert plain.requests == []
+
+
+def test_a_client_is_told_a_url_failed_but_not_why(caplog: pytest.LogCaptureFixture) -> None:
+    """Refused, timed out or any status: one code and message for the client (no port or
+    network scan through error messages); the log line keeps the detail."""
+
+    async def slow(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(3)
+
+    async def go() -> list[ClientError]:
+        errors = []
+        async with serve({"/missing": respond(404, b"no"), "/slow": slow}) as origin:
+            sources = Sources(policy(origin, read_timeout_s=0.3))
+            for path in ("/missing", "/slow"):
+                with pytest.raises(ClientError) as caught:
+                    await sources.read(UrlSource(origin.url(path)))
+                errors.append(caught.value)
+        with pytest.raises(ClientError) as refused:  # the server is gone
+            await sources.read(UrlSource(origin.url("/missing")))
+        return [*errors, refused.value]
+
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        errors = run(go())
+    assert [(e.code, e.status_code, e.message, e.param) for e in errors] == [
+        ("url_fetch_failed", 422, "the URL could not be fetched", "url")
+    ] * 3
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "answered HTTP 404" in logged and "sent nothing for 0.3 s" in logged
+    assert "could not connect" in logged
+
+
+def test_a_client_is_not_told_which_address_a_name_resolves_to(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(fetch, "resolve", fake_resolver({"db.internal": ["10.1.2.3"]}))
+    with (
+        caplog.at_level(logging.WARNING, logger="ray.serve"),
+        pytest.raises(UrlNotAllowedError) as caught,
+    ):
+        run(Sources(FetchPolicy()).read(UrlSource("http://db.internal/x.pdf")))
+    assert "10.1.2.3" not in caught.value.message and "not a public address" in caught.value.message
+    assert "resolves to 10.1.2.3, a private address" in caplog.text

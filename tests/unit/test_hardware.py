@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -163,3 +167,99 @@ def test_prepare_engine_applies_and_logs_the_settings(
     assert os.environ[vllm_engine.STEP_TIMEOUT_ENV] == "600"
     vllm_engine.prepare_engine(EngineConfig(model="tiny", cpu_reserved_cores=1))
     assert os.environ[vllm_engine.RESERVED_CORES_ENV] == "1"
+
+
+class FakeNvml:
+    """NVML as its Python bindings answer, for a machine with the given GPUs."""
+
+    def __init__(self, gpus: dict[str, tuple[str, int]], driver: bool = True) -> None:
+        self.gpus = gpus  # uuid -> (name, compute capability major)
+        self.driver = driver
+        self.calls: list[str] = []
+
+    def nvmlInit(self) -> None:  # noqa: N802 - NVML's own names
+        if not self.driver:
+            raise OSError("NVML Shared Library Not Found")
+        self.calls.append("init")
+
+    def nvmlShutdown(self) -> None:  # noqa: N802
+        self.calls.append("shutdown")
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:  # noqa: N802
+        return list(self.gpus)[index]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:  # noqa: N802
+        return uuid
+
+    def nvmlDeviceGetName(self, handle: str) -> bytes:  # noqa: N802
+        return self.gpus[handle][0].encode()
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: str) -> tuple[int, int]:  # noqa: N802
+        return self.gpus[handle][1], 0
+
+
+GPUS = {"GPU-aaa": ("Tesla T4", 7), "GPU-bbb": ("NVIDIA H200", 9)}
+
+
+@pytest.mark.parametrize(
+    ("visible", "expected"),
+    [
+        (None, Hardware("cuda", "Tesla T4", native_bf16=False)),  # unset: the first GPU
+        ("1", Hardware("cuda", "NVIDIA H200", native_bf16=True)),  # what Ray gives a replica
+        ("GPU-bbb,GPU-aaa", Hardware("cuda", "NVIDIA H200", native_bf16=True)),
+    ],
+)
+def test_a_gpu_is_probed_through_nvml(
+    monkeypatch: pytest.MonkeyPatch, visible: str | None, expected: Hardware
+) -> None:
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    nvml = FakeNvml(GPUS)
+    assert hardware.probe_hardware("cuda", nvml) == expected
+    assert nvml.calls == ["init", "shutdown"]
+
+
+@pytest.mark.parametrize(
+    ("nvml", "visible", "message"),
+    [
+        (FakeNvml(GPUS, driver=False), "0", "NVML found no NVIDIA driver here"),
+        (FakeNvml({}), None, "none is visible to this process"),
+        (FakeNvml(GPUS), "", "none is visible to this process (CUDA_VISIBLE_DEVICES='')"),
+    ],
+)
+def test_no_visible_gpu_fails_at_once_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, nvml: FakeNvml, visible: str | None, message: str
+) -> None:
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    with pytest.raises(hardware.NoGPUError, match=re.escape(message)):
+        hardware.probe_hardware("cuda", nvml)
+
+
+PROBE_LEAVES_CUDA_ALONE = """
+import json, torch
+from serve_app.engine.hardware import NoGPUError, probe_hardware
+probe_hardware("cpu")
+try:
+    probe_hardware("cuda")  # vLLM's NVML bindings; this machine has no NVIDIA driver
+    error = None
+except NoGPUError as exc:
+    error = str(exc)
+print(json.dumps({"error": error, "cuda_initialized": torch.cuda.is_initialized()}))
+"""
+
+
+@pytest.mark.vllm
+def test_probing_initialises_no_cuda() -> None:
+    out = subprocess.run([sys.executable, "-c", PROBE_LEAVES_CUDA_ALONE], capture_output=True,
+                         text=True, check=True, timeout=120)  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["cuda_initialized"] is False
+    assert result["error"] is None or "NVML found no NVIDIA driver" in result["error"]

@@ -11,8 +11,15 @@ from serve_app.config import AppConfig, EngineConfig, FakeEngineConfig
 from serve_app.core.document import PageFailure, PageResult
 from serve_app.core.modes import get_mode
 from serve_app.core.prompts import Task, build_prompt
-from serve_app.documents.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
-from serve_app.documents.pipeline import FaultPolicy, OCRPipeline, PageReport
+from serve_app.documents.faults import FaultPolicy
+from serve_app.documents.messages import (
+    DocumentInfo,
+    OCROptions,
+    PageReport,
+    PageTask,
+    PreparedPage,
+)
+from serve_app.documents.pipeline import OCRPipeline
 from serve_app.documents.results import document_failure, document_json
 from serve_app.documents.stages import LocalStages, Postprocessor, Preprocessor, Recognizer
 from serve_app.engine.fake import FakeEngine
@@ -223,14 +230,14 @@ def test_a_poison_page_is_quarantined_and_its_document_still_answered() -> None:
     assert [type(r.outcome) for r in reports] == [PageResult, PageFailure, PageResult]
     failure = reports[1].outcome
     assert isinstance(failure, PageFailure) and failure.code == "page_quarantined"
-    assert [r.engine_crashes for r in reports] == [0, 2, 0]
-    assert engine.pages_recognized == 4  # pages 1 and 3, and page 2 twice
+    assert [r.engine_crashes for r in reports] == [0, 3, 0]  # once with others, twice alone
+    assert engine.pages_recognized == 5  # pages 1 and 3, and page 2 three times
 
     again = asyncio.run(go("upload-1"))  # the same bytes again: page 2 never reaches an engine
     assert [type(r.outcome) for r in again] == [PageResult, PageFailure, PageResult]
     assert isinstance(again[1].outcome, PageFailure)
     assert again[1].outcome.code == "page_quarantined" and again[1].engine_crashes == 0
-    assert engine.pages_recognized == 6
+    assert engine.pages_recognized == 7
 
 
 def test_a_page_whose_engine_died_once_is_sent_again() -> None:
@@ -264,7 +271,7 @@ def test_a_document_none_of_whose_pages_succeeded_is_an_error() -> None:
     assert document_failure([*failed, PageReport(3, object())]) is None  # type: ignore[arg-type]
 
 
-def test_a_page_whose_data_left_the_object_store_is_prepared_again() -> None:
+def test_a_page_whose_data_left_the_object_store_is_prepared_again_not_read_again() -> None:
     class LosesOnce(LocalStages):
         lost = False
         prepared = 0
@@ -286,3 +293,4 @@ def test_a_page_whose_data_left_the_object_store_is_prepared_again() -> None:
     reports = run(OCRPipeline(loses, pages_in_flight=1), text_pdf(2), OCROptions(mode=TINY))
     assert [type(r.outcome) for r in reports] == [PageResult, PageResult]
     assert loses.prepared == 3  # page 1 twice
+    assert base._rec.pages_recognized == 2  # type: ignore[attr-defined]  # read once each

@@ -17,10 +17,14 @@ from tests.support import LoopThread, LoopTransport, local_api
 PNG = encode(noise_rgb(320, 240, seed=7))
 
 
+HITS: list[str] = []  # every path the origin was asked for
+
+
 @pytest.fixture(scope="module")
 def origin() -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
+            HITS.append(self.path)
             if self.path == "/elsewhere":
                 self.send_response(302)
                 self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
@@ -47,7 +51,7 @@ def client(origin: str) -> Iterator[httpx.Client]:
     config = AppConfig.model_validate(
         {
             "models": {"deepseek-ocr": {"kind": "fake"}},
-            "ingress": {"url_fetch": {"allowlist": [origin]}},
+            "ingress": {"url_fetch": {"enabled": True, "allowlist": [origin]}},
         }
     )
     with httpx.Client(transport=LoopTransport(local_api(runner, config), runner),
@@ -99,3 +103,52 @@ def test_a_file_and_a_url_together_are_refused(client: httpx.Client, origin: str
     r = client.post("/v1/ocr", files={"file": ("p.png", PNG, "image/png")},
                     data={"url": f"http://{origin}/page.png"})  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["param"] == "url"
+
+
+BAD_OPTIONS = [
+    {"mode": "bogus"},
+    {"task": "summarise"},
+    {"dpi": "1200"},
+    {"dpi": "10"},
+    {"task": "locate"},
+    {"max_tokens": "9000"},
+    {"model": "gpt-4o"},
+]
+
+
+@pytest.mark.parametrize("fields", BAD_OPTIONS)
+def test_bad_options_download_nothing(
+    client: httpx.Client, origin: str, fields: dict[str, str]
+) -> None:
+    """Options, model and limits are checked before the URL is fetched: the origin, which
+    counts its hits, receives none."""
+    before = len(HITS)
+    url = f"http://{origin}/page.png"
+    for r in (
+        client.post("/v1/ocr", json={"url": url, **fields}),
+        client.post("/v1/ocr", data={"url": url, **fields}),
+        client.post("/v1/ocr", params={"url": url, **fields}),
+    ):
+        assert r.status_code in (400, 404), r.text
+    chat_fields = {k: v for k, v in fields.items() if k in ("mode", "task", "model")}
+    if "max_tokens" in fields:
+        chat_fields["max_tokens"] = int(fields["max_tokens"])
+    if chat_fields:
+        image = {"type": "image_url", "image_url": {"url": url}}
+        body = {"model": "deepseek-ocr", "messages": [{"role": "user", "content": [image]}],
+                **chat_fields}  # fmt: skip
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code in (400, 404), r.text
+    assert len(HITS) == before
+
+
+def test_url_inputs_are_off_unless_enabled() -> None:
+    runner = LoopThread()
+    config = AppConfig.model_validate({"models": {"deepseek-ocr": {"kind": "fake"}}})
+    with httpx.Client(transport=LoopTransport(local_api(runner, config), runner),
+                      base_url="http://test") as http:  # fmt: skip
+        r = http.post("/v1/ocr", json={"url": "https://example.org/page.png"})
+    runner.close()
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "url_not_allowed"
+    assert "does not fetch URLs" in r.json()["error"]["message"]
