@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
@@ -88,3 +89,22 @@ def test_a_raw_key_is_refused_without_echoing_it() -> None:
     with pytest.raises(ValueError, match="entry 2 is not") as caught:
         parse_hashes(f"{hash_key('a')}\n{KEY}")
     assert KEY not in str(caught.value)
+
+
+def test_a_websocket_is_refused_when_keys_are_on(client: httpx.Client) -> None:
+    """The API has no websocket; with keys on, one is closed before it is accepted rather
+    than passed through unchecked."""
+    app = client._transport._inner.app  # type: ignore[attr-defined]
+    sent: list[dict[str, object]] = []
+    messages = [{"type": "websocket.connect"}]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/v1/ocr", "headers": [], "query_string": b"",
+             "scheme": "ws", "server": ("test", 80), "client": ("c", 1), "root_path": ""}  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}]
