@@ -633,12 +633,18 @@ def make_certificates(directory: Path, name: str) -> tuple[Path, Path, Path]:
     return paths
 
 
+def tls_server(directory: Path, name: str) -> tuple[Path, ssl.SSLContext]:
+    """A server context with a certificate for ``name``, and the PEM file of its CA."""
+    ca, cert, key = make_certificates(directory, name)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    return ca, server_ctx
+
+
 def test_https_sends_the_name_as_sni_and_verifies_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ca, cert, key = make_certificates(tmp_path, "docs.example")
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
+    ca, server_ctx = tls_server(tmp_path, "docs.example")
     server_names: list[str | None] = []
     server_ctx.sni_callback = lambda _sock, name, _ctx: server_names.append(name)
     table = {"docs.example": ["127.0.0.1"], "other.example": ["127.0.0.1"]}
@@ -676,9 +682,7 @@ def test_only_web_ports_unless_the_allowlist_names_one(monkeypatch: pytest.Monke
 def test_a_redirect_from_https_to_http_is_not_followed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ca, cert, key = make_certificates(tmp_path, "docs.example")
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
+    ca, server_ctx = tls_server(tmp_path, "docs.example")
     monkeypatch.setattr(fetch, "resolve", fake_resolver({"docs.example": ["127.0.0.1"]}))
 
     async def go() -> tuple[UrlNotAllowedError, Origin]:
