@@ -7,6 +7,7 @@ Rendering follows the official script: ``dpi / 72`` zoom, no alpha channel.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from types import TracebackType
 
 import pymupdf
@@ -62,6 +63,23 @@ def page_spans(spec: str | None) -> list[tuple[int, int | None]]:
             raise InvalidPageRangeError(f"invalid page range {part.strip()!r}: pages count from 1")
         spans.append((first, last))
     return spans
+
+
+def page_spec(numbers: Iterable[int]) -> str:
+    """A selection of the 1-based page ``numbers``, in the form :func:`page_spans` reads.
+
+    >>> page_spec([9, 1, 2, 3, 7, 10, 2])
+    '1-3,7,9-10'
+    """
+    parts: list[str] = []
+    ordered = sorted(set(numbers))
+    start = 0
+    for i, number in enumerate(ordered):
+        if i + 1 == len(ordered) or ordered[i + 1] != number + 1:
+            first = ordered[start]
+            parts.append(str(first) if first == number else f"{first}-{number}")
+            start = i + 1
+    return ",".join(parts)
 
 
 def parse_page_ranges(spec: str | None, page_count: int) -> list[int]:

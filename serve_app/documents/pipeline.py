@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from functools import partial
 from typing import Any, Generic
 
@@ -51,7 +51,7 @@ class OCRPipeline(Generic[SourceT, PageT]):
 
     async def run(
         self, source: SourceT, options: OCROptions, request_id: str, upload_id: str = ""
-    ) -> tuple[DocumentInfo, AsyncIterator[PageReport]]:
+    ) -> tuple[DocumentInfo, AsyncGenerator[PageReport, None]]:
         """Inspect the input (client errors raise here, before any page work), then return
         an iterator over the page reports in page order. A failed page is reported in place,
         except when a stage refuses it for lack of capacity: then the iterator raises
@@ -77,7 +77,7 @@ class OCRPipeline(Generic[SourceT, PageT]):
         trace: dict[str, str],
         first: PageT | None,
         upload_id: str,
-    ) -> AsyncIterator[PageReport]:
+    ) -> AsyncGenerator[PageReport, None]:
         todo = iter(info.selected)
         window: deque[asyncio.Task[PageReport]] = deque()
         # Set by the first page that finds the service full: the whole request fails at once.
@@ -105,6 +105,9 @@ class OCRPipeline(Generic[SourceT, PageT]):
         finally:
             for pending in window:
                 pending.cancel()
+            # Wait for them to unwind, so that once this iterator is closed no page of it is
+            # still at a stage (an engine's work for it was aborted).
+            await asyncio.gather(*window, return_exceptions=True)
 
     async def _page(
         self,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Generic
 
@@ -98,7 +99,7 @@ class DocumentRun:
         request_id: str,
         options: OCROptions,
         info: DocumentInfo,
-        pages: AsyncIterator[PageReport],
+        pages: AsyncGenerator[PageReport, None],
         deadline: Deadline | None,
         metrics: ServiceMetrics,
     ) -> None:
@@ -110,16 +111,20 @@ class DocumentRun:
     def model(self) -> str:
         return self.options.model
 
-    async def reports(self) -> AsyncIterator[PageReport]:
-        """The page reports in page order (iterate once).
+    async def reports(self) -> AsyncGenerator[PageReport, None]:
+        """The page reports in page order (iterate once; close it, e.g. with
+        ``contextlib.aclosing``, to stop early: the pages in flight are cancelled then).
 
         Raises:
             EngineTimeoutError: Past the deadline; the pages in flight are cancelled.
             OverloadedError: A stage's queue is full; the pages in flight are cancelled.
         """
         try:
-            async with asyncio.timeout_at(self._deadline.at if self._deadline else None):
-                async for report in self._pages:
+            async with (
+                asyncio.timeout_at(self._deadline.at if self._deadline else None),
+                aclosing(self._pages) as pages,  # closing this iterator closes the pipeline's
+            ):
+                async for report in pages:
                     self.tally.add(report)
                     self._metrics.page(page_sample(report, self.model, self.options.mode_label))
                     yield report

@@ -23,6 +23,7 @@ LAYERS = (
     "serve_app.checkpoint",
     "serve_app.engine",
     "serve_app.documents",
+    "serve_app.jobs",
     "serve_app.api",
     "deployments",
     "serve_app.tooling",

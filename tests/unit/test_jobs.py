@@ -1,0 +1,169 @@
+"""Jobs in the embedded store and their runner: leases, idempotency, resume after a runner
+dies without running a stored page again, cancellation, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from serve_app.config import AppConfig, EngineConfig, FakeEngineConfig
+from serve_app.documents.door import Door, RequestFields
+from serve_app.documents.messages import LocalPage, PageTask
+from serve_app.documents.run import DocumentRunner
+from serve_app.documents.stages import LocalStages
+from serve_app.engine.recognize import PageGeneration
+from serve_app.jobs.model import JobSpec, JobState
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.store import SqliteJobStore
+from serve_app.testing.synthetic import text_pdf
+
+TINY = RequestFields(mode="tiny")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def store(tmp_path: Path, clock: Clock | None = None) -> SqliteJobStore:
+    return SqliteJobStore(tmp_path / "jobs.db", clock=clock or Clock())
+
+
+def test_a_job_is_stored_and_an_idempotent_submit_returns_it(tmp_path: Path) -> None:
+    jobs = store(tmp_path)
+    first, created = jobs.submit(JobSpec(TINY, owner="k1", idempotency_key="abc"), b"%PDF")
+    again, created_again = jobs.submit(JobSpec(TINY, owner="k1", idempotency_key="abc"), b"x")
+    other, created_other = jobs.submit(JobSpec(TINY, owner="k2", idempotency_key="abc"), b"y")
+    assert (created, created_again, created_other) == (True, False, True)
+    assert again.id == first.id != other.id
+    assert jobs.upload(first.id) == b"%PDF"  # the repeat did not replace the document
+    assert first.state is JobState.QUEUED and first.spec.fields == TINY
+    assert [j.id for j in jobs.list_jobs("k1")] == [first.id]  # a key sees only its own
+    assert [j.id for j in jobs.list_jobs(None)] == []
+
+
+def test_a_claim_is_exclusive_and_a_lapsed_lease_is_claimed_again(tmp_path: Path) -> None:
+    clock = Clock()
+    a, b = store(tmp_path, clock), store(tmp_path, clock)  # two replicas, one file
+    job, _ = a.submit(JobSpec(TINY), b"%PDF")
+    claimed = a.claim("runner-a", lease_s=30)
+    assert claimed is not None and claimed.id == job.id and claimed.lease_owner == "runner-a"
+    assert b.claim("runner-b", lease_s=30) is None
+    assert not b.save_page(job.id, "runner-b", 1, {"page": 1}, failed=False)  # no lease
+    assert a.save_page(job.id, "runner-a", 1, {"page": 1}, failed=False)
+    assert a.save_page(job.id, "runner-a", 1, {"page": 1, "again": True}, failed=False)
+    clock.now += 31  # runner-a stopped renewing: it died
+    taken = b.claim("runner-b", lease_s=30)
+    assert taken is not None and taken.id == job.id and taken.pages_done == 1  # stored once
+    assert not a.renew(job.id, "runner-a", 30) and b.renew(job.id, "runner-b", 30)
+    assert [p.page for p in b.pages(job.id)] == [{"page": 1}]
+
+
+def test_expiry_frees_the_storage_and_keeps_the_id(tmp_path: Path) -> None:
+    clock = Clock()
+    jobs = store(tmp_path, clock)
+    job, _ = jobs.submit(JobSpec(TINY), b"%PDF" + b"\0" * 1000)
+    jobs.claim("r", 30)
+    jobs.save_page(job.id, "r", 1, {"page": 1}, failed=False)
+    jobs.finish(job.id, "r", JobState.SUCCEEDED)
+    assert jobs.expire(older_than_s=86400) == 0
+    clock.now += 86401
+    assert jobs.expire(older_than_s=86400) == 1
+    expired = jobs.get(job.id)
+    assert expired is not None and expired.expired_at == clock.now
+    assert jobs.pages(job.id) == []
+    with pytest.raises(KeyError):
+        jobs.upload(job.id)
+    assert jobs.get("job-never") is None
+
+
+class Recording(LocalStages):
+    """In-process stages that record which page numbers reached the engine."""
+
+    recognized: list[int]
+
+    async def recognize(self, page: LocalPage, task: PageTask) -> PageGeneration:
+        self.recognized.append(task.number)
+        return await super().recognize(page, task)
+
+
+async def stages(latency_s: float) -> tuple[Recording, AppConfig]:
+    fake = FakeEngineConfig(first_token_latency_s=latency_s)
+    config = AppConfig(
+        models={"deepseek-ocr": EngineConfig(kind="fake", fake=fake)},
+        ingress={"pages_in_flight": 2},
+    )
+    base = await LocalStages.started(config)
+    recording = Recording(base._pre, base._rec, base._post, max_pages=50)  # type: ignore[attr-defined]
+    recording.recognized = []
+    return recording, config
+
+
+def runner(jobs: SqliteJobStore, stages: Recording, config: AppConfig, name: str) -> JobRunner:
+    documents = DocumentRunner.from_config(config.ingress, stages)
+    return JobRunner(jobs, documents, Door(config), worker=name, lease_s=0.6)
+
+
+def test_a_job_runs_page_by_page_into_the_store(tmp_path: Path) -> None:
+    async def go() -> tuple[JobState, list[int], list[int]]:
+        recording, config = await stages(0.0)
+        jobs = store(tmp_path)
+        job, _ = jobs.submit(JobSpec(TINY), text_pdf(5))
+        ended = await runner(jobs, recording, config, "r1").run_next()
+        assert ended is not None and ended.selected == (1, 2, 3, 4, 5)
+        return ended.state, [p.number for p in jobs.pages(job.id)], recording.recognized
+
+    state, stored, recognized = asyncio.run(go())
+    assert state is JobState.SUCCEEDED
+    assert stored == [1, 2, 3, 4, 5] and sorted(recognized) == [1, 2, 3, 4, 5]
+
+
+def test_a_job_whose_runner_died_resumes_without_running_a_stored_page_again(
+    tmp_path: Path,
+) -> None:
+    async def go() -> tuple[list[int], list[int], JobState, list[int]]:
+        recording, config = await stages(0.1)
+        jobs = SqliteJobStore(tmp_path / "jobs.db")
+        job, _ = jobs.submit(JobSpec(TINY), text_pdf(10))
+        first = asyncio.create_task(runner(jobs, recording, config, "r1").run_next())
+        while len(jobs.stored_numbers(job.id)) < 4:
+            await asyncio.sleep(0.02)
+        first.cancel()  # the runner's replica dies: no finish, no release; its lease lapses
+        await asyncio.gather(first, return_exceptions=True)
+        stored_before = sorted(jobs.stored_numbers(job.id))
+        recognized_before = list(recording.recognized)
+        await asyncio.sleep(0.7)  # the lease (0.6 s) runs out
+        ended = await runner(jobs, recording, config, "r2").run_next()
+        assert ended is not None
+        after = recording.recognized[len(recognized_before) :]
+        return stored_before, after, ended.state, [p.number for p in jobs.pages(job.id)]
+
+    stored_before, recognized_after, state, pages = asyncio.run(go())
+    assert state is JobState.SUCCEEDED
+    assert sorted(pages) == list(range(1, 11)) and len(pages) == 10  # each page once
+    assert not set(stored_before) & set(recognized_after)  # no stored page ran again
+    assert sorted(set(stored_before) | set(recognized_after)) == list(range(1, 11))
+
+
+def test_a_cancelled_job_stops_its_engine_work(tmp_path: Path) -> None:
+    async def go() -> tuple[JobState, int, int]:
+        recording, config = await stages(0.2)
+        jobs = store(tmp_path)
+        job, _ = jobs.submit(JobSpec(TINY), text_pdf(20))
+        running = asyncio.create_task(runner(jobs, recording, config, "r1").run_next())
+        while not jobs.stored_numbers(job.id):
+            await asyncio.sleep(0.02)
+        jobs.cancel(job.id)
+        ended = await asyncio.wait_for(running, timeout=5)
+        engine = recording._rec["deepseek-ocr"].engine  # type: ignore[index]
+        assert ended is not None
+        return ended.state, len(jobs.stored_numbers(job.id)), engine.num_unfinished()
+
+    state, stored, unfinished = asyncio.run(go())
+    assert state is JobState.CANCELLED
+    assert stored < 20 and unfinished == 0
