@@ -18,7 +18,7 @@ from serve_app.documents.messages import PageTask
 from serve_app.documents.stages import Recognizer
 from serve_app.engine import make_engine
 from serve_app.engine.recognize import PageGeneration
-from serve_app.errors import EngineCrashedError, EngineUnavailableError
+from serve_app.errors import EngineCrashedError
 
 logger = logging.getLogger("ray.serve")
 
@@ -39,8 +39,6 @@ class EngineDeployment:
         self._replica_id = ray.get_runtime_context().get_actor_id()
 
     async def recognize(self, page: StoredPage, task: PageTask) -> PageGeneration:
-        if not self._recognizer.engine.is_ready():  # dead: refuse work until Serve replaces it
-            raise EngineUnavailableError("the engine of this replica has died; it is replaced")
         image = await page_data(page.image)
         try:
             return await self._recognizer.recognize(image, task)

@@ -58,9 +58,7 @@ class HandleStages:
         try:
             return await _overload_safe(engine.recognize.remote(page, task))
         except ActorUnavailableError:  # unreachable for now: the page may not have run
-            raise EngineUnavailableError(
-                "the engine replica could not be reached", param=None
-            ) from None
+            raise EngineUnavailableError("the engine replica could not be reached") from None
         except RayActorError as died:  # the replica's process died with the page in flight
             message = f"the engine replica died with the page in flight ({type(died).__name__})"
             raise EngineCrashedError(message, replica=died.actor_id) from None

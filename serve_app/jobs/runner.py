@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -130,7 +131,8 @@ class JobRunner:
                        error.code)  # fmt: skip
         await self._hold(self._store.release, job.id, self.worker)
 
-    async def _hold(self, call: Any, *args: Any) -> None:
+    async def _hold(self, call: Callable[..., bool], *args: Any) -> None:
+        """Make a store call that needs this runner's lease; raise when it lost it."""
         if not await asyncio.to_thread(call, *args):
             raise LeaseLostError(args[0])
 

@@ -256,7 +256,8 @@ class SqliteJobStore:
         return _job(row) if row is not None else None
 
     def delete(self, job_id: str) -> bool:
-        """Remove the job and everything stored for it (a running one is cancelled first)."""
+        """Remove the job and everything stored for it (a runner still working on it loses
+        its lease and stops)."""
         with self._transaction() as db:
             deleted = db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
             db.execute("DELETE FROM uploads WHERE job_id = ?", (job_id,))
