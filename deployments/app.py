@@ -14,6 +14,7 @@ from ray.serve import Application
 
 from deployments.engine import EngineDeployment
 from deployments.ingress import OCRIngress
+from deployments.jobs import JobRunnerDeployment
 from deployments.postprocess import PostprocessDeployment
 from deployments.preprocess import PreprocessDeployment
 from serve_app.config import AppConfig, engine_deployment_name
@@ -21,14 +22,16 @@ from serve_app.config import AppConfig, engine_deployment_name
 
 def deployment_names(args: AppConfig) -> tuple[str, ...]:
     """The graph's deployments: ingress, preprocess, one engine deployment per model,
-    postprocess."""
+    postprocess, and the job runner when jobs are on."""
     engines = tuple(engine_deployment_name(model) for model in args.models)
-    return (OCRIngress.name, PreprocessDeployment.name, *engines, PostprocessDeployment.name)
+    runner = (JobRunnerDeployment.name,) if args.jobs.enabled else ()
+    return (OCRIngress.name, PreprocessDeployment.name, *engines, PostprocessDeployment.name,
+            *runner)  # fmt: skip
 
 
 def build_app(args: AppConfig | dict[str, Any]) -> Application:
     """Wire ingress -> preprocess -> the engine of each model -> postprocess from one typed
-    config.
+    config; beside the ingress, the job runner over the same three.
 
     Raises:
         pydantic.ValidationError: For unknown or invalid keys in ``args``.
@@ -62,5 +65,8 @@ def build_graph(
         for model, engine in args.models.items()
     }
     postprocess = configured(PostprocessDeployment).bind(args.postprocess)
+    runner = None
+    if args.jobs.enabled:
+        runner = configured(JobRunnerDeployment).bind(args, preprocess, engines, postprocess)
     ingress = configured(OCRIngress)
-    return ingress.bind(args, preprocess, engines, postprocess)
+    return ingress.bind(args, preprocess, engines, postprocess, runner)

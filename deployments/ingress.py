@@ -17,10 +17,12 @@ from deployments.telemetry import RayRecorder, setup_replica
 from serve_app.api.admission import Admission
 from serve_app.api.app import ASGIApp, create_api
 from serve_app.api.auth import configured_keys
+from serve_app.api.jobs import JobsService
 from serve_app.api.service import OCRService
 from serve_app.config import AppConfig
 from serve_app.documents.run import DocumentRunner
 from serve_app.errors import NotReadyError
+from serve_app.jobs.store import SqliteJobStore
 from serve_app.telemetry.metrics import ServiceMetrics
 
 logger = logging.getLogger("ray.serve")
@@ -35,7 +37,9 @@ class OCRIngress:
         preprocess: DeploymentHandle,
         engines: dict[str, DeploymentHandle],
         postprocess: DeploymentHandle,
+        job_runner: DeploymentHandle | None = None,
     ) -> None:
+        """``job_runner``: the job runner deployment, when jobs are on."""
         setup_replica("ingress")
         ingress = config.ingress
         stages = HandleStages(preprocess, engines, postprocess, ingress.max_pages)
@@ -51,13 +55,18 @@ class OCRIngress:
             logger.warning("API keys: none configured (ingress.api_keys_required is off): "
                            "every route is open to whoever reaches this port")  # fmt: skip
         logger.info("Models: %s (default %s)", ", ".join(config.models), config.default_model_name)
+        self._jobs = None
+        if job_runner is not None:
+            store = SqliteJobStore(config.jobs.store_path)
+            self._jobs = JobsService(config, store, wake=lambda: _wake(job_runner))
+            logger.info("Jobs: on, store %s", config.jobs.store_path)
         self._engines = engines
         # serve.status() blocks on the controller: one thread, so stuck probes cannot pile up.
         self._status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-status")
         self._was_running = False
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
-        return create_api(self._service, self._admission, self._ready, self._keys)
+        return create_api(self._service, self._admission, self._ready, self._keys, self._jobs)
 
     async def _ready(self) -> None:
         """Every engine replica the application was deployed with has loaded.
@@ -100,3 +109,11 @@ class OCRIngress:
             return False
         app = status.applications.get(self._app_name)
         return app is not None and app.status == ApplicationStatus.RUNNING
+
+
+def _wake(runner: DeploymentHandle) -> None:
+    """Tell a runner replica a job was queued (without waiting: it polls anyway)."""
+    try:
+        runner.wake.remote()
+    except Exception:  # the runner is being replaced: it finds the job when it polls
+        logger.warning("could not wake the job runner", exc_info=True)

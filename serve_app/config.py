@@ -352,6 +352,46 @@ class IngressConfig(_Config):
         return self
 
 
+class JobsConfig(_Config):
+    """Jobs (``/v1/jobs``): documents run outside the HTTP request by the job runner
+    deployment, each page stored as it finishes."""
+
+    enabled: bool = Field(
+        True, description="Serve /v1/jobs and deploy the job runner (JobRunnerDeployment)."
+    )
+    store_path: str = Field(
+        "/tmp/deepseek-ocr-serve/jobs.db",
+        description="The embedded store's SQLite file: jobs, uploads and finished pages. Every "
+        "ingress and runner replica must reach it (one node, or a shared volume).",
+    )
+    max_pages: int = Field(5000, ge=1, description="Pages one job may select.")
+    jobs_at_once: int = Field(
+        2, ge=1, description="Jobs one runner replica works on at the same time."
+    )
+    pages_in_flight: int = Field(
+        4, ge=1,
+        description="Pages of one job in the stages at once. A runner replica has at most "
+        "jobs_at_once x pages_in_flight pages in flight, so /v1/ocr requests keep the rest "
+        "of the engines' queues.",
+    )  # fmt: skip
+    lease_s: float = Field(
+        30.0, gt=0,
+        description="A runner holds a job this long, renewed every third of it; a job whose "
+        "runner died is taken over after it runs out, at its first page not stored.",
+    )  # fmt: skip
+    poll_interval_s: float = Field(
+        1.0, gt=0, description="How often an idle runner looks for queued jobs."
+    )
+    result_ttl_s: float = Field(
+        86400.0, gt=0,
+        description="A finished job's upload and pages are freed this long after it ended; "
+        "its id then answers 410.",
+    )  # fmt: skip
+    max_wait_s: float = Field(
+        60.0, ge=0, description="The longest long-poll (GET /v1/jobs/{id}?wait=N)."
+    )
+
+
 def _one_model() -> dict[str, EngineConfig]:
     return {"deepseek-ocr": EngineConfig()}
 
@@ -362,6 +402,7 @@ class AppConfig(_Config):
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
     models: dict[str, EngineConfig] = Field(
         default_factory=_one_model,
         min_length=1,

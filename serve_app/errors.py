@@ -185,6 +185,27 @@ class MethodNotAllowedError(ClientError):
     code = "method_not_allowed"
 
 
+class JobNotFoundError(ClientError):
+    """No such job, or not one the caller's key submitted (HTTP 404)."""
+
+    status_code = 404
+    code = "job_not_found"
+
+
+class JobExpiredError(ClientError):
+    """The job existed, but its results expired and were freed (HTTP 410)."""
+
+    status_code = 410
+    code = "job_expired"
+
+
+class PageNotFoundError(ClientError):
+    """The job has no such page: not selected, or not finished yet (HTTP 404)."""
+
+    status_code = 404
+    code = "page_not_found"
+
+
 class TaskNotSupportedError(ClientError):
     """The chosen model cannot do the task asked of it; the message names models that can."""
 

@@ -52,6 +52,7 @@ class AccessRecord:
         arrived: Event-loop time it was admitted (its deadline counts from it), if it was.
         outcome: Set by whoever answered with an error (its code); else the run's outcome,
             else one from the status.
+        caller: The hash of the API key it carried (``sha256:<hex>``), with keys on.
         run: The tally of the document run it started, if any.
     """
 
@@ -64,6 +65,8 @@ class AccessRecord:
     kind: str | None = None
     outcome: str | None = None
     run: Tally | None = None
+    caller: str | None = None
+    job_id: str | None = None
     trace_id: str | None = None
     seconds: float = 0.0
 
@@ -127,6 +130,8 @@ def format_line(record: AccessRecord) -> str:
         "route": record.route,
         "status": record.status,
         "model": record.model,
+        "job_id": record.job_id,
+        "caller": record.caller[:19] if record.caller else None,
         "outcome": record.final_outcome,
         "pages": run.pages if run else None,
         "pages_failed": run.pages_failed if run else None,

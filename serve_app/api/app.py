@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,6 +19,7 @@ from serve_app.api.access_log import AccessLogMiddleware, access_record, log_une
 from serve_app.api.admission import Admission, AdmissionMiddleware
 from serve_app.api.auth import ApiKeys, AuthMiddleware
 from serve_app.api.errors import error_response
+from serve_app.api.jobs import JobParams, JobsService, ResultFormat
 from serve_app.api.ocr import ocr_request_body_schema
 from serve_app.api.service import OCRService
 from serve_app.api.uploads import BodyLimitMiddleware
@@ -30,6 +31,7 @@ from serve_app.errors import (
     RouteNotFoundError,
     as_ocr_error,
 )
+from serve_app.jobs.model import JobState
 
 # An ASGI application, as Serve's ingress hands it over (FastAPI is one).
 ASGIApp = Callable[
@@ -47,9 +49,11 @@ def create_api(
     admission: Admission,
     ready: Callable[[], Awaitable[None]],
     keys: ApiKeys | None = None,
+    jobs: JobsService | None = None,
 ) -> FastAPI:
     """The app. ``ready`` raises :class:`~serve_app.errors.NotReadyError` until the engines
-    have loaded; with ``keys`` every route but /health and /ready needs one of them."""
+    have loaded; with ``keys`` every route but /health and /ready needs one of them; with
+    ``jobs``, the ``/v1/jobs`` routes."""
     api = FastAPI(
         title="DeepSeek-OCR",
         summary="Images and PDFs to markdown, text and layout boxes.",
@@ -125,4 +129,76 @@ def create_api(
         Extra fields: ``mode``, ``task``, ``pages``. The answer is the page markdown."""
         return await service.chat(request)
 
+    if jobs is not None:
+        add_job_routes(api, jobs)
     return api
+
+
+def add_job_routes(api: FastAPI, jobs: JobsService) -> None:
+    """``/v1/jobs`` and the routes of one job."""
+
+    @api.post(
+        routes.JOBS.path,
+        status_code=202,
+        openapi_extra={"requestBody": ocr_request_body_schema(JobParams)},
+    )
+    async def submit_job(request: Request) -> Response:
+        """Submit a document as a job (the inputs and options of /v1/ocr, plus ``metadata``):
+        202 with its id and URLs once the document is stored. An ``Idempotency-Key`` header
+        returns the same job (200) for a repeated submit."""
+        return await jobs.submit(request)
+
+    @api.get(routes.JOBS.path)
+    async def list_jobs(
+        request: Request,
+        status: JobState | None = None,
+        limit: int = Query(20, ge=1, le=100),
+        offset: int = Query(0, ge=0),
+    ) -> dict[str, Any]:
+        """The caller's jobs, newest first."""
+        return await jobs.listing(request, status, limit, offset)
+
+    @api.get(routes.JOB.path)
+    async def get_job(
+        request: Request,
+        job_id: str,
+        wait: float | None = Query(
+            None,
+            ge=0,
+            description="Long-poll: seconds to wait for a change (a page done, a new state)",
+        ),  # fmt: skip
+    ) -> dict[str, Any]:
+        """The job: status (queued, running, succeeded, partial, failed, cancelled), pages
+        total / done / failed, queue position, times, estimated seconds left. 410 once its
+        results expired."""
+        return await jobs.status(request, job_id, wait)
+
+    @api.get(routes.JOB_EVENTS.path)
+    async def job_events(
+        request: Request, job_id: str, after: int | None = Query(None, ge=0)
+    ) -> Response:
+        """The pages done so far, then each page as it is done, then the job: one JSON line
+        each, or server-sent events with ``Accept: text/event-stream`` (event ids count the
+        pages; reconnect with ``Last-Event-ID``, or ``after`` for JSON lines)."""
+        return await jobs.events(request, job_id, after)
+
+    @api.get(routes.JOB_RESULT.path)
+    async def job_result(request: Request, job_id: str, format: ResultFormat = "json") -> Response:
+        """The document's result as /v1/ocr answers it (json, markdown or zip), with the pages
+        done so far while the job runs."""
+        return await jobs.result(request, job_id, format)
+
+    @api.get(routes.JOB_PAGE.path)
+    async def job_page(request: Request, job_id: str, number: int) -> dict[str, Any]:
+        """One page of the job (1-based), as /v1/ocr answers it."""
+        return await jobs.page(request, job_id, number)
+
+    @api.post(routes.JOB_CANCEL.path)
+    async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
+        """Stop the job: its engine work is aborted, the pages done are kept."""
+        return await jobs.cancel(request, job_id)
+
+    @api.delete(routes.JOB.path)
+    async def delete_job(request: Request, job_id: str) -> dict[str, Any]:
+        """Remove the job and everything stored for it."""
+        return await jobs.delete(request, job_id)

@@ -157,6 +157,7 @@ class AuthMiddleware:
             return
         token = bearer_token(scope)
         if token is not None and self.keys.check(token):
+            access_record(scope).caller = hash_key(token)  # whose jobs it may see
             await self.app(scope, receive, send)
             return
         if token is None:

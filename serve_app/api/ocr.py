@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -63,10 +63,13 @@ class OCRParams(BaseModel):
         )
 
 
-def ocr_request_body_schema() -> dict[str, Any]:
-    """OpenAPI ``requestBody`` for ``/v1/ocr`` (the route reads the body itself, so FastAPI
-    cannot derive it)."""
-    options = OCRParams.model_json_schema()
+P = TypeVar("P", bound=OCRParams)
+
+
+def ocr_request_body_schema(params: type[OCRParams] = OCRParams) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` for ``/v1/ocr`` (or another route taking a document and
+    ``params``): the route reads the body itself, so FastAPI cannot derive it."""
+    options = params.model_json_schema()
     props = options["properties"]
 
     url = {"type": "string", "description": "http(s) URL of the image or PDF, instead of file"}
@@ -89,9 +92,12 @@ def ocr_request_body_schema() -> dict[str, Any]:
     }
 
 
-async def read_ocr_request(request: Request, config: IngressConfig) -> tuple[Source, OCRParams]:
+async def read_ocr_request(
+    request: Request, config: IngressConfig, params: type[P]
+) -> tuple[Source, P]:
     """The input (its bytes, or the URL to fetch it from: a JSON or form field, or a query
-    parameter ``url``) and the options of a JSON, multipart or raw-body request.
+    parameter ``url``) and the options of a JSON, multipart or raw-body request, read as
+    ``params``.
 
     Raises:
         PayloadTooLargeError: Past ``max_upload_bytes``.
@@ -133,7 +139,7 @@ async def read_ocr_request(request: Request, config: IngressConfig) -> tuple[Sou
         raise InvalidInputError("the request carries no file (send one, or a 'url')")
     check_upload_size(data, config)
     try:
-        return source, OCRParams.model_validate(fields)
+        return source, params.model_validate(fields)
     except ValidationError as exc:
         raise InvalidInputError(_validation_message(exc)) from None
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from serve_app.api.access_log import access_record
 from serve_app.api.chat import chat_fields, chat_response, read_chat_request, sse_events
 from serve_app.api.errors import error_response
-from serve_app.api.ocr import ndjson_lines, read_ocr_request, zip_response
+from serve_app.api.ocr import OCRParams, ndjson_lines, read_ocr_request, zip_response
 from serve_app.config import AppConfig
 from serve_app.core.modes import mode_names
 from serve_app.core.prompts import Task
@@ -62,7 +62,7 @@ class OCRService:
         return [model_card(self.door.models[name]) for name in names]
 
     async def ocr(self, request: Request) -> Response:
-        source, params = await read_ocr_request(request, self._config)
+        source, params = await read_ocr_request(request, self._config, OCRParams)
         options = self.door.resolve(params.fields())
         run = await self._start(request, "ocr", source, options)
         if params.stream:

@@ -53,6 +53,7 @@ class Job:
 
     Attributes:
         selected: The document's selected page numbers (1-based), known once it was opened.
+        pages_total: How many pages the job runs (``None`` until the document was opened).
         pages_done: Pages stored, failed ones included.
         error: The job's error (``{"code", "message"}``) when the document itself failed.
         lease_owner: The runner working on it, until ``lease_until`` (store clock seconds).
@@ -65,9 +66,15 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     expired_at: float | None = None  # its upload and pages were freed
+    kind: str | None = None  # "pdf" or "image", once the document was opened
+    page_count: int | None = None
     selected: tuple[int, ...] | None = None
     pages_done: int = 0
     pages_failed: int = 0
     error: dict[str, str] | None = None
     lease_owner: str | None = None
     lease_until: float | None = None
+
+    @property
+    def pages_total(self) -> int | None:
+        return len(self.selected) if self.selected is not None else None

@@ -35,7 +35,9 @@ class LeaseLostError(Exception):
 
 
 class JobRunner:
-    """Runs jobs from ``store`` through ``documents`` as ``worker`` (a unique name)."""
+    """Runs jobs from ``store`` through ``documents`` as ``worker`` (a unique name), renewing
+    a job's lease every ``check_s`` (at most a third of ``lease_s``): a cancelled job stops
+    within that."""
 
     def __init__(
         self,
@@ -44,15 +46,21 @@ class JobRunner:
         door: Door,
         worker: str,
         lease_s: float = 30.0,
+        check_s: float | None = None,
     ) -> None:
         self._store, self._documents, self._door = store, documents, door
         self.worker = worker
-        self._lease_s = lease_s
+        self.lease_s = lease_s
+        self._check_s = min(check_s or lease_s, lease_s / 3)
+
+    @property
+    def store(self) -> SqliteJobStore:
+        return self._store
 
     async def run_next(self) -> Job | None:
         """Claim a job and run it to its end (or until it is lost); the job as it ended, or
         ``None`` when none was waiting."""
-        job = await asyncio.to_thread(self._store.claim, self.worker, self._lease_s)
+        job = await asyncio.to_thread(self._store.claim, self.worker, self.lease_s)
         if job is None:
             return None
         await self.run(job)
@@ -62,10 +70,17 @@ class JobRunner:
         """Run a claimed job, renewing its lease while it runs."""
         work = asyncio.current_task()
         renewing = asyncio.create_task(self._renew(job.id, work))
+        logger.info("job %s: %s runs it (%s pages stored before)", job.id, self.worker,
+                    job.pages_done)  # fmt: skip
         try:
             await self._run(job)
         except LeaseLostError:
             self._stopped(job)
+        except Exception as exc:  # a bug: end the job rather than take it over forever
+            logger.exception("job %s failed unexpectedly", job.id)
+            error = {"code": "internal_error", "message": f"internal error ({type(exc).__name__})"}
+            await asyncio.to_thread(self._store.finish, job.id, self.worker, JobState.FAILED,
+                                    error)  # fmt: skip
         except asyncio.CancelledError:
             if not renewing.done() or work is None:  # cancelled from outside: pass it on
                 raise
@@ -81,8 +96,8 @@ class JobRunner:
     async def _renew(self, job_id: str, work: asyncio.Task[Any] | None) -> None:
         """Renew the lease every third of it; cancel ``work`` once it is lost."""
         while True:
-            await asyncio.sleep(self._lease_s / 3)
-            held = await asyncio.to_thread(self._store.renew, job_id, self.worker, self._lease_s)
+            await asyncio.sleep(self._check_s)
+            held = await asyncio.to_thread(self._store.renew, job_id, self.worker, self.lease_s)
             if not held:
                 if work is not None:
                     work.cancel()
@@ -113,7 +128,9 @@ class JobRunner:
             return
         if job.selected is None:
             numbers = [index + 1 for index in run.info.selected]
-            await self._hold(store.set_selected, job.id, worker, numbers)
+            info = run.info
+            await self._hold(store.set_selected, job.id, worker, info.kind, info.page_count,
+                             numbers)  # fmt: skip
         try:
             async with aclosing(run.reports()) as reports:  # a lost lease stops the pages too
                 async for report in reports:
@@ -148,6 +165,88 @@ class JobRunner:
             )  # fmt: skip
         body = {"code": error.code, "message": error.message} if error else None
         await self._hold(self._store.finish, job.id, self.worker, state, body)
+        logger.info("job %s: %s", job.id, state.value)
+
+
+class JobLoop:
+    """A runner replica's work: up to ``jobs_at_once`` jobs at a time, claimed as they are
+    queued (looking every ``poll_s``, or at once when woken), and finished jobs' results
+    freed once ``result_ttl_s`` passed (checked every ``expire_every_s``)."""
+
+    def __init__(
+        self,
+        runner: JobRunner,
+        jobs_at_once: int,
+        poll_s: float,
+        result_ttl_s: float,
+        expire_every_s: float = 60.0,
+    ) -> None:
+        self._runner = runner
+        self._jobs_at_once, self._poll_s = jobs_at_once, poll_s
+        self._result_ttl_s, self._expire_every_s = result_ttl_s, expire_every_s
+        self._woken = asyncio.Event()
+        self.running: dict[str, asyncio.Task[None]] = {}
+
+    def wake(self) -> None:
+        """Look for queued jobs now (one was submitted)."""
+        self._woken.set()
+
+    async def run(self) -> None:
+        """Run until cancelled (the replica stops); the jobs in hand are cancelled too and
+        their leases lapse, so another replica resumes them."""
+        store = self._runner.store
+        loop = asyncio.get_running_loop()
+        next_expiry = loop.time()
+        woken: asyncio.Task[bool] | None = None
+        try:
+            while True:
+                if loop.time() >= next_expiry:
+                    await self._expire()
+                    next_expiry = loop.time() + self._expire_every_s
+                while len(self.running) < self._jobs_at_once:
+                    job = await asyncio.to_thread(
+                        store.claim, self._runner.worker, self._runner.lease_s
+                    )
+                    if job is None:
+                        break
+                    task = asyncio.create_task(self._runner.run(job), name=job.id)
+                    self.running[job.id] = task
+                    task.add_done_callback(lambda done: self.running.pop(done.get_name(), None))
+                self._woken.clear()
+                woken = asyncio.create_task(self._woken.wait())
+                await asyncio.wait(
+                    {woken, *self.running.values()},
+                    timeout=self._poll_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                woken.cancel()
+        finally:
+            if woken is not None:
+                woken.cancel()
+            for task in self.running.values():
+                task.cancel()
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """Stop the loop running as ``task``: its jobs' engine work is cancelled and their
+        leases given back, so another runner resumes them now rather than when they lapse."""
+        held = list(self.running.values())
+        task.cancel()
+        await asyncio.gather(task, *held, return_exceptions=True)
+        runner = self._runner
+        for job in held:
+            released = await asyncio.to_thread(runner.store.release, job.get_name(), runner.worker)
+            if released:
+                logger.info("job %s: given back to the queue (%s stopped)", job.get_name(),
+                            runner.worker)  # fmt: skip
+
+    async def _expire(self) -> None:
+        try:
+            freed = await asyncio.to_thread(self._runner.store.expire, self._result_ttl_s)
+        except Exception:
+            logger.exception("freeing expired job results failed")
+            return
+        if freed:
+            logger.info("freed the results of %d expired jobs", freed)
 
 
 def remaining_pages(

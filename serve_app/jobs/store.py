@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     expired_at REAL,
+    kind TEXT,
+    page_count INTEGER,
     selected TEXT,
     pages_done INTEGER NOT NULL DEFAULT 0,
     pages_failed INTEGER NOT NULL DEFAULT 0,
@@ -64,6 +66,14 @@ class StoredPage:
     seq: int
     number: int
     page: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobStats:
+    """Jobs by state, and how long the oldest queued job has waited (0 with none queued)."""
+
+    by_state: dict[JobState, int]
+    oldest_queued_s: float
 
 
 class SqliteJobStore:
@@ -174,12 +184,16 @@ class SqliteJobStore:
         with self._transaction() as db:
             return _holds(db, job_id, worker, extend_to=self._clock() + lease_s)
 
-    def set_selected(self, job_id: str, worker: str, numbers: Sequence[int]) -> bool:
+    def set_selected(
+        self, job_id: str, worker: str, kind: str, page_count: int, numbers: Sequence[int]
+    ) -> bool:
+        """Record what the opened document is: its kind, page count and selected pages."""
         with self._transaction() as db:
             if not _holds(db, job_id, worker):
                 return False
             db.execute(
-                "UPDATE jobs SET selected = ? WHERE id = ?", (json.dumps(list(numbers)), job_id)
+                "UPDATE jobs SET kind = ?, page_count = ?, selected = ? WHERE id = ?",
+                (kind, page_count, json.dumps(list(numbers)), job_id),
             )
             return True
 
@@ -208,15 +222,46 @@ class SqliteJobStore:
             rows = db.execute("SELECT number FROM pages WHERE job_id = ?", (job_id,))
             return {row["number"] for row in rows}
 
-    def pages(self, job_id: str, after: int = 0) -> list[StoredPage]:
-        """The job's stored pages after sequence number ``after``, in the order they were
-        stored."""
+    def pages(self, job_id: str, skip: int = 0) -> list[StoredPage]:
+        """The job's stored pages in the order they were stored, after the first ``skip``
+        (an event stream's position: its ids count the pages sent)."""
         with self._connect() as db:
             rows = db.execute(
-                "SELECT seq, number, page FROM pages WHERE job_id = ? AND seq > ? ORDER BY seq",
-                (job_id, after),
+                "SELECT seq, number, page FROM pages WHERE job_id = ? ORDER BY seq "
+                "LIMIT -1 OFFSET ?",
+                (job_id, skip),
             ).fetchall()
         return [StoredPage(row["seq"], row["number"], json.loads(row["page"])) for row in rows]
+
+    def page(self, job_id: str, number: int) -> dict[str, Any] | None:
+        """Page ``number`` (1-based) of the job, if stored."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT page FROM pages WHERE job_id = ? AND number = ?", (job_id, number)
+            ).fetchone()
+        return json.loads(row["page"]) if row is not None else None
+
+    def queue_position(self, job: Job) -> int:
+        """How many queued jobs are ahead of ``job`` (0: it is next)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT count(*) AS ahead FROM jobs WHERE state = ? AND created_at < ?",
+                (JobState.QUEUED, job.created_at),
+            ).fetchone()
+        return int(row["ahead"])
+
+    def stats(self) -> JobStats:
+        """Jobs by state and the age of the oldest queued one (for metrics)."""
+        with self._connect() as db:
+            counts = {
+                JobState(row["state"]): int(row["n"])
+                for row in db.execute("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+            }
+            oldest = db.execute(
+                "SELECT min(created_at) AS t FROM jobs WHERE state = ?", (JobState.QUEUED,)
+            ).fetchone()["t"]
+        age = self._clock() - oldest if oldest is not None else 0.0
+        return JobStats(counts, age)
 
     def finish(
         self, job_id: str, worker: str, state: JobState, error: dict[str, str] | None = None
@@ -310,6 +355,8 @@ def _job(row: sqlite3.Row) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         expired_at=row["expired_at"],
+        kind=row["kind"],
+        page_count=row["page_count"],
         selected=tuple(json.loads(row["selected"])) if row["selected"] else None,
         pages_done=row["pages_done"],
         pages_failed=row["pages_failed"],

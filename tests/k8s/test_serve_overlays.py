@@ -99,10 +99,13 @@ def has_gpu(group: dict[str, Any]) -> bool:
     return any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in containers)
 
 
-def test_cpu_overlay_runs_the_local_app_with_keys_required() -> None:
+def test_cpu_overlay_runs_the_local_app_with_keys_required_and_no_jobs() -> None:
     cpu = next(p for p in OVERLAYS if p.name == "cpu")
-    keys = {"applications": {"deepseek-ocr": {"args": {"ingress": {"api_keys_required": True}}}}}
-    assert serve_config(render(cpu)) == deploy_config.merge(BASE, keys)
+    changes = {"applications": {"deepseek-ocr": {
+        "args": {"ingress": {"api_keys_required": True}, "jobs": {"enabled": False}},
+        "deployments": {"JobRunnerDeployment": None},
+    }}}  # fmt: skip
+    assert serve_config(render(cpu)) == deploy_config.merge(BASE, changes)
 
 
 def test_every_overlay_requires_api_keys_and_make_serve_does_not(overlay: Path) -> None:

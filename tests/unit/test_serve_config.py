@@ -64,6 +64,7 @@ def test_serve_config_names_every_deployment() -> None:
         "EngineDeployment-rapidocr",
         "EngineDeployment-deepseek-ocr",
         "PostprocessDeployment",
+        "JobRunnerDeployment",
     ]
     assert tuple(names) == deployment_names(AppConfig.model_validate(app["args"]))
     for deployment in app["deployments"]:

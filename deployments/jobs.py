@@ -1,0 +1,74 @@
+"""The job runner deployment: runs stored jobs through the same preprocess, engine and
+postprocess deployments as ``/v1/ocr``, outside any HTTP request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import ray
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.handles import HandleStages
+from deployments.telemetry import RayRecorder, setup_replica
+from serve_app.config import AppConfig
+from serve_app.documents.door import Door
+from serve_app.documents.run import DocumentRunner
+from serve_app.jobs.runner import JobLoop, JobRunner
+from serve_app.jobs.store import SqliteJobStore
+from serve_app.telemetry.metrics import ServiceMetrics
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(health_check_period_s=5.0)
+class JobRunnerDeployment:
+    """Leases queued jobs from the store and runs up to ``jobs.jobs_at_once`` of them, each
+    with at most ``jobs.pages_in_flight`` pages in the stages. A replica that dies leaves its
+    jobs' leases to lapse; one stopped by a redeploy gives them back at once. Either way
+    another replica resumes each at its first page not stored."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        preprocess: DeploymentHandle,
+        engines: dict[str, DeploymentHandle],
+        postprocess: DeploymentHandle,
+    ) -> None:
+        setup_replica("jobs")
+        jobs = config.jobs
+        stages = HandleStages(preprocess, engines, postprocess, jobs.max_pages)
+        metrics = ServiceMetrics(RayRecorder(serve.get_replica_context().app_name))
+        window = config.ingress.model_copy(update={"pages_in_flight": jobs.pages_in_flight})
+        documents = DocumentRunner.from_config(window, stages, metrics)
+        worker = f"runner-{ray.get_runtime_context().get_actor_id()}"
+        store = SqliteJobStore(jobs.store_path)
+        runner = JobRunner(store, documents, Door(config), worker, jobs.lease_s,
+                           check_s=jobs.poll_interval_s)  # fmt: skip
+        self._loop = JobLoop(runner, jobs.jobs_at_once, jobs.poll_interval_s, jobs.result_ttl_s)
+        self._task = asyncio.get_running_loop().create_task(self._loop.run())
+        logger.info("Job runner %s: store %s, %d jobs at once, %d pages in flight each, "
+                    "lease %.0f s", worker, jobs.store_path, jobs.jobs_at_once,
+                    jobs.pages_in_flight, jobs.lease_s)  # fmt: skip
+
+    def wake(self) -> None:
+        """A job was submitted: look for it now rather than at the next poll."""
+        self._loop.wake()
+
+    def running(self) -> list[str]:
+        """The ids of the jobs this replica is running."""
+        return sorted(self._loop.running)
+
+    def actor_name(self) -> str:
+        """This replica's Ray actor (namespace ``serve``): what an operator or a test kills."""
+        return serve.get_replica_context().replica_id.to_full_id_str()
+
+    def check_health(self) -> None:
+        if self._task.done():
+            error = None if self._task.cancelled() else self._task.exception()
+            raise RuntimeError(f"the job loop stopped ({error!r})")
+
+    async def __del__(self) -> None:
+        """Serve stops the replica (a redeploy, scaling down): give its jobs back."""
+        await self._loop.stop(self._task)
