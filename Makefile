@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup test test-oracle test-costly lint fmt bench bench-engine bench-cpu serve k8s-config
+.PHONY: setup system-deps test test-oracle test-costly lint fmt bench bench-engine bench-cpu serve k8s-config
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -26,7 +26,15 @@ $(VENV)/.synced-$(VLLM_EXTRA): $(UV) pyproject.toml uv.lock
 
 setup: $(VENV)/.synced-$(VLLM_EXTRA)
 
-test: setup
+# Debian packages the tests start servers from: redis-server (the cluster job store).
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y --no-install-recommends redis-server \
+	  || { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends redis-server; }; }
+
+test: setup system-deps
 	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 # Plain vLLM beside our plugin on costly shapes (A4, 4000x300, DeepSeek-OCR-2): run after

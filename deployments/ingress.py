@@ -22,7 +22,7 @@ from serve_app.api.service import OCRService
 from serve_app.config import AppConfig
 from serve_app.documents.run import DocumentRunner
 from serve_app.errors import NotReadyError
-from serve_app.jobs.store import SqliteJobStore
+from serve_app.jobs.store import open_store
 from serve_app.telemetry.metrics import ServiceMetrics
 
 logger = logging.getLogger("ray.serve")
@@ -57,9 +57,9 @@ class OCRIngress:
         logger.info("Models: %s (default %s)", ", ".join(config.models), config.default_model_name)
         self._jobs = None
         if job_runner is not None:
-            store = SqliteJobStore(config.jobs.store_path)
+            store = open_store(config.jobs)
             self._jobs = JobsService(config, store, wake=lambda: _wake(job_runner))
-            logger.info("Jobs: on, store %s", config.jobs.store_path)
+            logger.info("Jobs: on, store %s", config.jobs.describe_store())
         self._engines = engines
         # serve.status() blocks on the controller: one thread, so stuck probes cannot pile up.
         self._status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-status")

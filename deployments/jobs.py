@@ -16,7 +16,7 @@ from serve_app.config import AppConfig
 from serve_app.documents.door import Door
 from serve_app.documents.run import DocumentRunner
 from serve_app.jobs.runner import JobLoop, JobRunner
-from serve_app.jobs.store import SqliteJobStore
+from serve_app.jobs.store import open_store
 from serve_app.telemetry.metrics import ServiceMetrics
 
 logger = logging.getLogger("ray.serve")
@@ -43,13 +43,13 @@ class JobRunnerDeployment:
         window = config.ingress.model_copy(update={"pages_in_flight": jobs.pages_in_flight})
         documents = DocumentRunner.from_config(window, stages, metrics)
         worker = f"runner-{ray.get_runtime_context().get_actor_id()}"
-        store = SqliteJobStore(jobs.store_path)
+        store = open_store(jobs)
         runner = JobRunner(store, documents, Door(config), worker, jobs.lease_s,
                            check_s=jobs.poll_interval_s)  # fmt: skip
         self._loop = JobLoop(runner, jobs.jobs_at_once, jobs.poll_interval_s, jobs.result_ttl_s)
         self._task = asyncio.get_running_loop().create_task(self._loop.run())
         logger.info("Job runner %s: store %s, %d jobs at once, %d pages in flight each, "
-                    "lease %.0f s", worker, jobs.store_path, jobs.jobs_at_once,
+                    "lease %.0f s", worker, jobs.describe_store(), jobs.jobs_at_once,
                     jobs.pages_in_flight, jobs.lease_s)  # fmt: skip
 
     def wake(self) -> None:

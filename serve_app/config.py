@@ -359,10 +359,31 @@ class JobsConfig(_Config):
     enabled: bool = Field(
         True, description="Serve /v1/jobs and deploy the job runner (JobRunnerDeployment)."
     )
+    store: Literal["sqlite", "redis"] = Field(
+        "sqlite",
+        description="sqlite: one file, no server, one node. redis: jobs in Redis and uploads "
+        "and pages under blob_dir, for replicas on several nodes.",
+    )
     store_path: str = Field(
         "/tmp/deepseek-ocr-serve/jobs.db",
-        description="The embedded store's SQLite file: jobs, uploads and finished pages. Every "
+        description="The sqlite store's file: jobs, uploads and finished pages. Every "
         "ingress and runner replica must reach it (one node, or a shared volume).",
+    )
+    redis_url: str = Field(
+        "redis://localhost:6379/0", description="The redis store's server (redis:// or rediss://)."
+    )
+    redis_url_env: str = Field(
+        "OCR_JOBS_REDIS_URL",
+        description="An environment variable that, when set, replaces redis_url (a URL with "
+        "a password belongs in a Secret, not in this file).",
+    )
+    redis_prefix: str = Field(
+        "{ocr-jobs}:", description="Prefix of every key (one hash slot on a Redis Cluster)."
+    )
+    blob_dir: str = Field(
+        "/tmp/deepseek-ocr-serve/blobs",
+        description="The redis store's uploads and page bodies: a directory every node mounts "
+        "(a ReadWriteMany volume on Kubernetes).",
     )
     max_pages: int = Field(5000, ge=1, description="Pages one job may select.")
     jobs_at_once: int = Field(
@@ -390,6 +411,13 @@ class JobsConfig(_Config):
     max_wait_s: float = Field(
         60.0, ge=0, description="The longest long-poll (GET /v1/jobs/{id}?wait=N)."
     )
+
+    def describe_store(self) -> str:
+        """The store for a log line (a Redis URL without its password)."""
+        if self.store == "sqlite":
+            return f"sqlite {self.store_path}"
+        host = self.redis_url.rpartition("@")[2]
+        return f"redis {host} (prefix {self.redis_prefix}), blobs in {self.blob_dir}"
 
 
 def _one_model() -> dict[str, EngineConfig]:

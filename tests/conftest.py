@@ -39,6 +39,16 @@ def loop() -> Iterator[LoopThread]:
 
 
 @pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis server for the run (``redis-server`` from the distribution; ``make test``
+    installs it)."""
+    from serve_app.testing.redis import redis_server
+
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def engine_slot() -> EngineSlot:
     """The run's only live engine (in this process or in a Serve app); see :class:`EngineSlot`."""
     return _ENGINE_SLOT

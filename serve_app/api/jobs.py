@@ -33,7 +33,7 @@ from serve_app.errors import (
 )
 from serve_app.jobs.model import Job, JobSpec, JobState
 from serve_app.jobs.results import job_json, result_json, result_markdown, result_zip
-from serve_app.jobs.store import SqliteJobStore
+from serve_app.jobs.store import JobStore
 
 MAX_IDEMPOTENCY_KEY = 255
 POLL_S = 0.25  # how often a long-poll or an event stream looks at the store
@@ -81,7 +81,7 @@ class JobsService:
     def __init__(
         self,
         config: AppConfig,
-        store: SqliteJobStore,
+        store: JobStore,
         wake: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -25,7 +25,7 @@ from serve_app.documents.results import page_json
 from serve_app.documents.run import DocumentRunner
 from serve_app.errors import ClientError, OCRError
 from serve_app.jobs.model import Job, JobState
-from serve_app.jobs.store import SqliteJobStore
+from serve_app.jobs.store import JobStore
 
 logger = logging.getLogger("ray.serve")
 
@@ -41,7 +41,7 @@ class JobRunner:
 
     def __init__(
         self,
-        store: SqliteJobStore,
+        store: JobStore,
         documents: DocumentRunner[Any, Any],
         door: Door,
         worker: str,
@@ -54,7 +54,7 @@ class JobRunner:
         self._check_s = min(check_s or lease_s, lease_s / 3)
 
     @property
-    def store(self) -> SqliteJobStore:
+    def store(self) -> JobStore:
         return self._store
 
     async def run_next(self) -> Job | None:

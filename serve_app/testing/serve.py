@@ -11,6 +11,10 @@ from typing import Any
 from serve_app.config import AppConfig
 from serve_app.tooling.deploy_config import SERVE_CONFIG, load_yaml
 
+RAY_TEMP_DIR = "/tmp/rt-ocr"
+# Each replica's log file: replica_<app>_<deployment>_<replica id>.log
+SERVE_LOGS = Path(RAY_TEMP_DIR) / "session_latest" / "logs" / "serve"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -67,7 +71,7 @@ def start_app(
     if not ray.is_initialized():
         # Logical CPUs are bookkeeping only; replicas ask for fractions of them.
         ray.init(num_cpus=8, include_dashboard=False, object_store_memory=512 * 2**20,
-                 _temp_dir="/tmp/rt-ocr", log_to_driver=False,
+                 _temp_dir=RAY_TEMP_DIR, log_to_driver=False,
                  _metrics_export_port=free_port())  # fmt: skip
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

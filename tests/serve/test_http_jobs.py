@@ -1,6 +1,6 @@
-"""Jobs in the real Serve graph (fake engine): a 40-page job whose runner replica is killed
-halfway, and one whose application is redeployed halfway, each finish with every page
-present once; no page stored before the kill reaches an engine again."""
+"""Jobs in the real Serve graph with the embedded store (fake engine): a 40-page job whose
+runner replica is killed halfway finishes with every page present once, and no page stored
+before the kill reaches an engine again."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ import pytest
 
 from serve_app.config import AppConfig
 from serve_app.testing.serve import start_app
-from serve_app.testing.synthetic import text_pdf
+from tests.serve.jobs_helpers import PAGES, every_page_once, submit, wait_for
 
 pytestmark = pytest.mark.serve
 
 APP = "ocr-jobs"
-PAGES = 40
 LEASE_S = 4.0
 
 
@@ -59,32 +58,6 @@ def engine_calls() -> int:
     return int(call("EngineDeployment-deepseek-ocr", "counters")["pages_recognized"])
 
 
-def submit(client: httpx.Client) -> str:
-    answer = client.post("/v1/jobs", params={"mode": "tiny"}, content=text_pdf(PAGES),
-                         headers={"content-type": "application/pdf"})  # fmt: skip
-    assert answer.status_code == 202, answer.text
-    return str(answer.json()["id"])
-
-
-def wait_for(client: httpx.Client, job_id: str, done: int) -> dict[str, Any]:
-    end = time.monotonic() + 120
-    while time.monotonic() < end:
-        job = client.get(f"/v1/jobs/{job_id}", params={"wait": 2}).json()
-        if job["pages"]["done"] >= done or job["status"] not in ("queued", "running"):
-            return dict(job)
-    raise AssertionError(f"job {job_id}: fewer than {done} pages after 120 s")
-
-
-def every_page_once(client: httpx.Client, job_id: str) -> None:
-    job = wait_for(client, job_id, PAGES + 1)  # i.e. until it ends
-    assert job["status"] == "succeeded", job
-    assert job["pages"] == {"total": PAGES, "done": PAGES, "failed": 0}
-    pages = client.get(f"/v1/jobs/{job_id}/result").json()["pages"]
-    assert [page["page"] for page in pages] == list(range(1, PAGES + 1))
-    events = [line for line in client.get(f"/v1/jobs/{job_id}/events").text.splitlines() if line]
-    assert len(events) == PAGES + 1  # each page once, then the job
-
-
 def test_a_job_whose_runner_is_killed_halfway_loses_and_repeats_no_page(
     client: httpx.Client,
 ) -> None:
@@ -104,15 +77,3 @@ def test_a_job_whose_runner_is_killed_halfway_loses_and_repeats_no_page(
     every_page_once(client, job_id)
     # Only the pages not stored at the kill reached the engine afterwards, each once.
     assert engine_calls() - calls_before == PAGES - stored
-
-
-def test_a_redeploy_mid_job_loses_no_page(client: httpx.Client, store: Path) -> None:
-    from ray import serve
-
-    from deployments.app import build_graph
-
-    job_id = submit(client)
-    wait_for(client, job_id, PAGES // 3)
-    # New arguments replace every replica; the runner gives its job back as it stops.
-    serve.run(build_graph(app_config(store, 0.25)), name=APP, route_prefix="/")
-    every_page_once(client, job_id)

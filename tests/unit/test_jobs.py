@@ -4,6 +4,9 @@ dies without running a stored page again, cancellation, expiry."""
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,9 +17,12 @@ from serve_app.documents.messages import LocalPage, PageTask
 from serve_app.documents.run import DocumentRunner
 from serve_app.documents.stages import LocalStages
 from serve_app.engine.recognize import PageGeneration
+from serve_app.jobs.blobs import LocalBlobs
 from serve_app.jobs.model import JobSpec, JobState
+from serve_app.jobs.redis_store import RedisJobStore
 from serve_app.jobs.runner import JobRunner
-from serve_app.jobs.store import SqliteJobStore
+from serve_app.jobs.sqlite import SqliteJobStore
+from serve_app.jobs.store import JobStats, JobStore
 from serve_app.testing.synthetic import text_pdf
 
 TINY = RequestFields(mode="tiny")
@@ -30,12 +36,26 @@ class Clock:
         return self.now
 
 
-def store(tmp_path: Path, clock: Clock | None = None) -> SqliteJobStore:
-    return SqliteJobStore(tmp_path / "jobs.db", clock=clock or Clock())
+StoreFactory = Callable[..., JobStore]
 
 
-def test_a_job_is_stored_and_an_idempotent_submit_returns_it(tmp_path: Path) -> None:
-    jobs = store(tmp_path)
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Stores of one kind over the same data (replicas sharing it), on ``clock``: every
+    test here is the contract both stores keep."""
+    prefix = f"{{test-{uuid.uuid4().hex[:8]}}}:"
+
+    def make(clock: Callable[[], float] = time.time) -> JobStore:
+        if request.param == "sqlite":
+            return SqliteJobStore(tmp_path / "jobs.db", clock=clock)
+        url = request.getfixturevalue("redis_url")
+        return RedisJobStore(url, LocalBlobs(tmp_path / "blobs"), prefix=prefix, clock=clock)
+
+    return make
+
+
+def test_a_job_is_stored_and_an_idempotent_submit_returns_it(make_store: StoreFactory) -> None:
+    jobs = make_store()
     first, created = jobs.submit(JobSpec(TINY, owner="k1", idempotency_key="abc"), b"%PDF")
     again, created_again = jobs.submit(JobSpec(TINY, owner="k1", idempotency_key="abc"), b"x")
     other, created_other = jobs.submit(JobSpec(TINY, owner="k2", idempotency_key="abc"), b"y")
@@ -47,9 +67,9 @@ def test_a_job_is_stored_and_an_idempotent_submit_returns_it(tmp_path: Path) -> 
     assert [j.id for j in jobs.list_jobs(None)] == []
 
 
-def test_a_claim_is_exclusive_and_a_lapsed_lease_is_claimed_again(tmp_path: Path) -> None:
+def test_a_claim_is_exclusive_and_a_lapsed_lease_is_claimed_again(make_store: StoreFactory) -> None:
     clock = Clock()
-    a, b = store(tmp_path, clock), store(tmp_path, clock)  # two replicas, one file
+    a, b = make_store(clock), make_store(clock)  # two replicas, one file
     job, _ = a.submit(JobSpec(TINY), b"%PDF")
     claimed = a.claim("runner-a", lease_s=30)
     assert claimed is not None and claimed.id == job.id and claimed.lease_owner == "runner-a"
@@ -64,9 +84,56 @@ def test_a_claim_is_exclusive_and_a_lapsed_lease_is_claimed_again(tmp_path: Path
     assert [p.page for p in b.pages(job.id)] == [{"page": 1}]
 
 
-def test_expiry_frees_the_storage_and_keeps_the_id(tmp_path: Path) -> None:
+def test_pages_queue_listing_cancel_release_and_delete(make_store: StoreFactory) -> None:
     clock = Clock()
-    jobs = store(tmp_path, clock)
+    jobs = make_store(clock)
+    first, _ = jobs.submit(JobSpec(TINY, owner="k"), b"%PDF-1")
+    clock.now += 1
+    second, _ = jobs.submit(JobSpec(TINY, owner="k"), b"%PDF-2")
+    clock.now += 1
+    third, _ = jobs.submit(JobSpec(TINY, owner="k"), b"%PDF-3")
+    assert [jobs.queue_position(j) for j in (first, second, third)] == [0, 1, 2]
+    assert jobs.stats() == JobStats(queued=3, running=0, oldest_queued_s=2.0)
+
+    claimed = jobs.claim("r", 30)
+    assert claimed is not None and claimed.id == first.id and claimed.started_at == clock.now
+    assert jobs.queue_position(third) == 1
+    assert jobs.set_selected(first.id, "r", "pdf", 9, [2, 3, 5])
+    for number in (5, 2):
+        assert jobs.save_page(first.id, "r", number, {"page": number}, failed=number == 2)
+    assert not jobs.save_page(first.id, "other", 3, {"page": 3}, failed=False)
+    got = jobs.get(first.id)
+    assert got is not None and (got.kind, got.page_count, got.selected) == ("pdf", 9, (2, 3, 5))
+    assert (got.pages_done, got.pages_failed, got.pages_total) == (2, 1, 3)
+    assert [(p.number, p.page) for p in jobs.pages(first.id)] == [
+        (5, {"page": 5}),
+        (2, {"page": 2}),
+    ]
+    assert [p.number for p in jobs.pages(first.id, skip=1)] == [2]
+    assert jobs.page(first.id, 2) == {"page": 2} and jobs.page(first.id, 3) is None
+    assert jobs.stats() == JobStats(queued=2, running=1, oldest_queued_s=1.0)
+
+    assert jobs.release(first.id, "r") and not jobs.release(first.id, "r")
+    again = jobs.claim("r2", 30)
+    assert again is not None and again.id == first.id and again.pages_done == 2
+
+    cancelled = jobs.cancel(second.id)
+    assert cancelled is not None and cancelled.state is JobState.CANCELLED
+    assert cancelled.finished_at == clock.now and jobs.cancel("job-none") is None
+    assert [j.id for j in jobs.list_jobs("k")] == [third.id, second.id, first.id]
+    assert [j.id for j in jobs.list_jobs("k", JobState.CANCELLED)] == [second.id]
+    assert [j.id for j in jobs.list_jobs("k", limit=1, offset=1)] == [second.id]
+
+    assert jobs.delete(first.id) and not jobs.delete(first.id)
+    assert jobs.get(first.id) is None and jobs.pages(first.id) == []
+    with pytest.raises(KeyError):
+        jobs.upload(first.id)
+    assert not jobs.save_page(first.id, "r2", 3, {"page": 3}, failed=False)
+
+
+def test_expiry_frees_the_storage_and_keeps_the_id(make_store: StoreFactory) -> None:
+    clock = Clock()
+    jobs = make_store(clock)
     job, _ = jobs.submit(JobSpec(TINY), b"%PDF" + b"\0" * 1000)
     jobs.claim("r", 30)
     jobs.save_page(job.id, "r", 1, {"page": 1}, failed=False)
@@ -104,15 +171,15 @@ async def stages(latency_s: float) -> tuple[Recording, AppConfig]:
     return recording, config
 
 
-def runner(jobs: SqliteJobStore, stages: Recording, config: AppConfig, name: str) -> JobRunner:
+def runner(jobs: JobStore, stages: Recording, config: AppConfig, name: str) -> JobRunner:
     documents = DocumentRunner.from_config(config.ingress, stages)
     return JobRunner(jobs, documents, Door(config), worker=name, lease_s=0.6)
 
 
-def test_a_job_runs_page_by_page_into_the_store(tmp_path: Path) -> None:
+def test_a_job_runs_page_by_page_into_the_store(make_store: StoreFactory) -> None:
     async def go() -> tuple[JobState, list[int], list[int]]:
         recording, config = await stages(0.0)
-        jobs = store(tmp_path)
+        jobs = make_store()
         job, _ = jobs.submit(JobSpec(TINY), text_pdf(5))
         ended = await runner(jobs, recording, config, "r1").run_next()
         assert ended is not None and ended.selected == (1, 2, 3, 4, 5)
@@ -124,11 +191,11 @@ def test_a_job_runs_page_by_page_into_the_store(tmp_path: Path) -> None:
 
 
 def test_a_job_whose_runner_died_resumes_without_running_a_stored_page_again(
-    tmp_path: Path,
+    make_store: StoreFactory,
 ) -> None:
     async def go() -> tuple[list[int], list[int], JobState, list[int]]:
         recording, config = await stages(0.1)
-        jobs = SqliteJobStore(tmp_path / "jobs.db")
+        jobs = make_store()
         job, _ = jobs.submit(JobSpec(TINY), text_pdf(10))
         first = asyncio.create_task(runner(jobs, recording, config, "r1").run_next())
         while len(jobs.stored_numbers(job.id)) < 4:
@@ -150,10 +217,10 @@ def test_a_job_whose_runner_died_resumes_without_running_a_stored_page_again(
     assert sorted(set(stored_before) | set(recognized_after)) == list(range(1, 11))
 
 
-def test_a_cancelled_job_stops_its_engine_work(tmp_path: Path) -> None:
+def test_a_cancelled_job_stops_its_engine_work(make_store: StoreFactory) -> None:
     async def go() -> tuple[JobState, int, int]:
         recording, config = await stages(0.2)
-        jobs = store(tmp_path)
+        jobs = make_store()
         job, _ = jobs.submit(JobSpec(TINY), text_pdf(20))
         running = asyncio.create_task(runner(jobs, recording, config, "r1").run_next())
         while not jobs.stored_numbers(job.id):

@@ -25,7 +25,7 @@ from serve_app.documents.door import Door
 from serve_app.documents.run import DocumentRunner
 from serve_app.documents.stages import LocalStages
 from serve_app.jobs.runner import JobLoop, JobRunner
-from serve_app.jobs.store import SqliteJobStore
+from serve_app.jobs.sqlite import SqliteJobStore
 from serve_app.testing.synthetic import text_pdf
 from tests.support import LoopThread, LoopTransport, always_ready
 
