@@ -17,6 +17,7 @@ from serve_app.documents.door import Door
 from serve_app.documents.run import DocumentRunner
 from serve_app.jobs.runner import JobLoop, JobRunner
 from serve_app.jobs.store import open_store
+from serve_app.jobs.webhooks import WebhookSender, webhook_settings
 from serve_app.telemetry.metrics import ServiceMetrics
 
 logger = logging.getLogger("ray.serve")
@@ -47,7 +48,15 @@ class JobRunnerDeployment:
         runner = JobRunner(store, documents, Door(config), worker, jobs.lease_s,
                            check_s=jobs.poll_interval_s)  # fmt: skip
         self._loop = JobLoop(runner, jobs.jobs_at_once, jobs.poll_interval_s, jobs.result_ttl_s)
-        self._task = asyncio.get_running_loop().create_task(self._loop.run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._loop.run())
+        self._webhooks: asyncio.Task[None] | None = None
+        settings = webhook_settings(config)  # raises for a malformed secret
+        if settings is not None:
+            sender = WebhookSender(store, settings, on_outcome=metrics.webhook)
+            self._webhooks = loop.create_task(sender.run(jobs.poll_interval_s))
+        logger.info("Webhooks: %s", "on" if settings else
+                    f"off (no secret in ${jobs.webhooks.secret_env})")  # fmt: skip
         logger.info("Job runner %s: store %s, %d jobs at once, %d pages in flight each, "
                     "lease %.0f s", worker, jobs.describe_store(), jobs.jobs_at_once,
                     jobs.pages_in_flight, jobs.lease_s)  # fmt: skip
@@ -65,10 +74,13 @@ class JobRunnerDeployment:
         return serve.get_replica_context().replica_id.to_full_id_str()
 
     def check_health(self) -> None:
-        if self._task.done():
-            error = None if self._task.cancelled() else self._task.exception()
-            raise RuntimeError(f"the job loop stopped ({error!r})")
+        for task in (self._task, self._webhooks):
+            if task is not None and task.done():
+                error = None if task.cancelled() else task.exception()
+                raise RuntimeError(f"a job runner loop stopped ({error!r})")
 
     async def __del__(self) -> None:
         """Serve stops the replica (a redeploy, scaling down): give its jobs back."""
+        if self._webhooks is not None:
+            self._webhooks.cancel()
         await self._loop.stop(self._task)

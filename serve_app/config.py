@@ -352,6 +352,27 @@ class IngressConfig(_Config):
         return self
 
 
+class WebhooksConfig(_Config):
+    """Job webhooks (``webhook_url`` on submit): off unless a secret is configured."""
+
+    secret_env: str = Field(
+        "OCR_WEBHOOK_SECRET",
+        description="An environment variable holding the signing secret ('whsec_' and base64; "
+        "python -m serve_app.jobs.webhooks new). Unset: submits with webhook_url get 400.",
+    )
+    public_url: str = Field(
+        "",
+        description="This service's address as receivers reach it (https://ocr.example.com): "
+        "the event's links start with it. Empty: the links are paths.",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="For one attempt (connect and answer).")
+    max_attempts: int = Field(8, ge=1, description="Attempts before a call is given up.")
+    backoff_s: float = Field(
+        10.0, gt=0, description="Wait before the second attempt; it doubles each time after."
+    )
+    max_backoff_s: float = Field(3600.0, gt=0, description="The longest wait between attempts.")
+
+
 class JobsConfig(_Config):
     """Jobs (``/v1/jobs``): documents run outside the HTTP request by the job runner
     deployment, each page stored as it finishes."""
@@ -411,6 +432,7 @@ class JobsConfig(_Config):
     max_wait_s: float = Field(
         60.0, ge=0, description="The longest long-poll (GET /v1/jobs/{id}?wait=N)."
     )
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
 
     def describe_store(self) -> str:
         """The store for a log line (a Redis URL without its password)."""

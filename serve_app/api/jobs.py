@@ -24,8 +24,10 @@ from serve_app.api.access_log import access_record
 from serve_app.api.ocr import OCRParams, read_ocr_request
 from serve_app.config import AppConfig
 from serve_app.documents.door import Door
+from serve_app.documents.fetch import check_url
 from serve_app.documents.sources import Sources, fetch_policy
 from serve_app.errors import (
+    ClientError,
     InvalidInputError,
     JobExpiredError,
     JobNotFoundError,
@@ -34,6 +36,7 @@ from serve_app.errors import (
 from serve_app.jobs.model import Job, JobSpec, JobState
 from serve_app.jobs.results import job_json, result_json, result_markdown, result_zip
 from serve_app.jobs.store import JobStore
+from serve_app.jobs.webhooks import webhook_settings
 
 MAX_IDEMPOTENCY_KEY = 255
 POLL_S = 0.25  # how often a long-poll or an event stream looks at the store
@@ -91,15 +94,13 @@ class JobsService:
         self._sources = Sources(fetch_policy(config.ingress))
         self._wake = wake or (lambda: None)
         self._clock = clock
+        self._webhooks = webhook_settings(config)
 
     async def submit(self, request: Request) -> JSONResponse:
         source, params = await read_ocr_request(request, self._config, JobParams)
-        if params.webhook_url is not None:
-            raise InvalidInputError(
-                "this service does not call webhooks yet; follow the job's events URL",
-                param="webhook_url",
-            )
         options = self.door.resolve(params.fields())
+        if params.webhook_url is not None:
+            self._check_webhook(params.webhook_url)
         key = request.headers.get("idempotency-key")
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             raise InvalidInputError(
@@ -111,7 +112,7 @@ class JobsService:
         record = access_record(request.scope)
         record.model = options.model
         spec = JobSpec(fields, owner=record.caller, idempotency_key=key,
-                       metadata=params.metadata)  # fmt: skip
+                       webhook_url=params.webhook_url, metadata=params.metadata)  # fmt: skip
         job, created = await asyncio.to_thread(self._store.submit, spec, data)
         record.job_id = job.id
         if created:
@@ -119,6 +120,20 @@ class JobsService:
         body = await self._job_body(request, job)
         return JSONResponse(body, status_code=202 if created else 200,
                             headers={"Location": body["urls"]["self"]})  # fmt: skip
+
+    def _check_webhook(self, url: str) -> None:
+        """Refuse a webhook this service will not call: none configured, or a URL the URL
+        policy refuses before resolving it (its addresses are checked on each call)."""
+        if self._webhooks is None:
+            raise InvalidInputError(
+                "this service sends no webhooks (no signing secret is configured); "
+                "follow the job's events URL instead",
+                param="webhook_url",
+            )
+        try:
+            check_url(url, self._webhooks.policy)
+        except ClientError as refused:
+            raise type(refused)(refused.message, param="webhook_url") from None
 
     async def status(self, request: Request, job_id: str, wait: float | None) -> dict[str, Any]:
         """The job; with ``wait``, once it changed (a page stored, a new state) or ``wait``
@@ -232,7 +247,10 @@ class JobsService:
         position = None
         if job.state is JobState.QUEUED:
             position = await asyncio.to_thread(self._store.queue_position, job)
-        return job_json(job, self._clock(), position, base=request.scope.get("root_path", ""))
+        body = job_json(job, self._clock(), position, base=request.scope.get("root_path", ""))
+        if job.spec.webhook_url is not None:
+            body["webhook"] = await asyncio.to_thread(self._store.delivery_state, job.id)
+        return body
 
 
 ResultFormat = Literal["json", "markdown", "zip"]

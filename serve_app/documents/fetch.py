@@ -27,7 +27,9 @@ import ipaddress
 import re
 import socket
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -322,9 +324,7 @@ async def _get(hop: _Hop, address: IPAddress, policy: FetchPolicy) -> Fetched | 
     and ``SSLContext.wrap_bio``), so the name is sent as SNI and the certificate is verified
     against the name (``check_hostname``), though the socket connects to the address.
     """
-    target = hop.url.copy_with(host=str(address))
-    # A host written as an address gets no SNI; TLS then verifies the address itself.
-    extensions = {} if _literal_address(hop.host) is not None else {"sni_hostname": hop.host}
+    target, extensions = _pinned(hop, address)
     headers = {
         "Host": hop.url.netloc.decode("ascii"),
         "User-Agent": USER_AGENT,
@@ -350,6 +350,14 @@ async def _get(hop: _Hop, address: IPAddress, policy: FetchPolicy) -> Fetched | 
             )
         content = await _read_body(response, hop, policy.max_bytes)
         return Fetched(content, str(hop.url), response.headers.get("content-type"))
+
+
+def _pinned(hop: _Hop, address: IPAddress) -> tuple[httpx.URL, dict[str, Any]]:
+    """The URL to request ``hop`` from ``address``, and the extensions that keep TLS on the
+    name (a host written as an address gets no SNI; TLS then verifies the address itself)."""
+    target = hop.url.copy_with(host=str(address))
+    extensions = {} if _literal_address(hop.host) is not None else {"sni_hostname": hop.host}
+    return target, extensions
 
 
 async def _get_any(
@@ -429,4 +437,69 @@ async def fetch_url(url: str, policy: FetchPolicy) -> Fetched:
     except TimeoutError:
         raise UrlTimeoutError(
             f"{first.where} did not finish within {policy.total_timeout_s:g} s", param="url"
+        ) from None
+
+
+def check_url(url: str, policy: FetchPolicy) -> None:
+    """Refuse a URL :func:`fetch_url` or :func:`post_url` would refuse before resolving its
+    host (not a URL, scheme, credentials, port 0). Its addresses are checked when it is used.
+
+    Raises:
+        InvalidInputError: When ``url`` is not a URL.
+        UrlNotAllowedError: For a refused scheme or credentials.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise InvalidInputError(f"'url' is not a valid URL ({exc})", param="url") from None
+    _check_url(parsed, policy, _display(parsed))
+
+
+async def post_url(
+    url: str, policy: FetchPolicy, body: bytes, headers: Mapping[str, str]
+) -> httpx.Response:
+    """POST ``body`` to ``url``, checked as :func:`fetch_url` checks it (scheme, port, every
+    address public or allowlisted, the connection pinned to a checked address); a redirect is
+    answered, not followed. The response (its body unread).
+
+    Raises:
+        InvalidInputError: When ``url`` is not a URL.
+        UrlNotAllowedError: For a refused scheme, credentials, port or address.
+        UrlFetchError: When the host does not resolve or no address takes a connection.
+        UrlTimeoutError: When connecting or the answer takes too long.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise InvalidInputError(f"'url' is not a valid URL ({exc})", param="url") from None
+    hop = _check_url(parsed, policy, _display(parsed))
+    try:
+        async with asyncio.timeout(policy.total_timeout_s):
+            addresses = await _checked_addresses(hop, policy)
+            failures: list[str] = []
+            for address in addresses:
+                target, extensions = _pinned(hop, address)
+                sent = {"Host": hop.url.netloc.decode("ascii"), "User-Agent": USER_AGENT,
+                        **headers}  # fmt: skip
+                try:
+                    async with _client(policy) as client:
+                        return await client.post(
+                            target, content=body, headers=sent, extensions=extensions
+                        )
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    failures.append(f"{address}: {_describe(exc)}")
+                except httpx.TimeoutException:
+                    raise UrlTimeoutError(
+                        f"{hop.where} did not answer within {policy.read_timeout_s:g} s",
+                        param="url",
+                    ) from None
+                except httpx.HTTPError as exc:
+                    raise UrlFetchError(
+                        f"{hop.where}: the exchange failed ({_describe(exc)})", param="url"
+                    ) from None
+            raise UrlFetchError(f"{hop.where}: could not connect ({'; '.join(failures)})",
+                                param="url")  # fmt: skip
+    except TimeoutError:
+        raise UrlTimeoutError(
+            f"{hop.where} did not answer within {policy.total_timeout_s:g} s", param="url"
         ) from None

@@ -13,6 +13,8 @@ Keys (under ``prefix``, one hash tag so a Redis Cluster keeps them on one slot):
 - ``active``: queued and running jobs by creation time (what a claim scans);
   ``finished``: ended jobs by end time (what expiry scans); ``owner:<owner>``: a caller's
   jobs by creation time; ``idem:<owner>:<key>``: a job's idempotency key.
+- ``delivery:<msg id>``: a webhook call owed; ``outbox``: those pending, by when they are due;
+  ``job:<id>:delivery``: the job's.
 
 Every change a lease guards (renew, pages, end, release) is one Lua script that checks the
 lease first, so a runner that lost its job cannot write to it. A page body is written before
@@ -32,7 +34,7 @@ import redis
 
 from serve_app.jobs.blobs import LocalBlobs
 from serve_app.jobs.model import Job, JobSpec, JobState
-from serve_app.jobs.store import JobStats, StoredPage
+from serve_app.jobs.store import Delivery, JobStats, StoredPage
 
 _HOLDS = """
 local function holds(key, worker)
@@ -89,9 +91,22 @@ return 2
 """
 )
 
-# KEYS: job, active, finished; ARGV: worker, id, state, now, error ('' for none)
+# The ended job's webhook call, in the outbox, if it asked for one.
+_OWE = """
+local function owe(job, id, state, now, msg, prefix)
+  local url = cjson.decode(redis.call('HGET', job, 'spec'))['webhook_url']
+  if url == nil or url == cjson.null then return end
+  redis.call('HSET', prefix .. 'delivery:' .. msg, 'id', msg, 'job_id', id, 'url', url,
+             'state', 'pending', 'job_state', state, 'created_at', now, 'attempts', '0')
+  redis.call('ZADD', prefix .. 'outbox', now, msg)
+  redis.call('SET', prefix .. 'job:' .. id .. ':delivery', msg)
+end
+"""
+
+# KEYS: job, active, finished; ARGV: worker, id, state, now, error ('' for none), msg, prefix
 _FINISH = (
     _HOLDS
+    + _OWE
     + """
 if not holds(KEYS[1], ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'finished_at', ARGV[4])
@@ -99,6 +114,7 @@ if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until')
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+owe(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6], ARGV[7])
 return 1
 """
 )
@@ -114,16 +130,29 @@ return 1
 """
 )
 
-# KEYS: job, active, finished; ARGV: id, now
-_CANCEL = """
+# KEYS: job, active, finished; ARGV: id, now, msg, prefix
+_CANCEL = (
+    _OWE
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'queued' or state == 'running' then
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[2])
   redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until')
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+  owe(KEYS[1], ARGV[1], 'cancelled', ARGV[2], ARGV[3], ARGV[4])
 end
 return state and 1 or 0
+"""
+)
+
+# KEYS: outbox; ARGV: now, lease_s, prefix
+_CLAIM_DELIVERY = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
+if #due == 0 then return false end
+redis.call('ZADD', KEYS[1], tostring(tonumber(ARGV[1]) + tonumber(ARGV[2])), due[1])
+redis.call('HINCRBY', ARGV[3] .. 'delivery:' .. due[1], 'attempts', 1)
+return due[1]
 """
 
 
@@ -147,6 +176,7 @@ class RedisJobStore:
         self._finish = self._redis.register_script(_FINISH)
         self._release = self._redis.register_script(_RELEASE)
         self._cancel = self._redis.register_script(_CANCEL)
+        self._claim_delivery = self._redis.register_script(_CLAIM_DELIVERY)
 
     def _key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
@@ -303,13 +333,9 @@ class RedisJobStore:
         self, job_id: str, worker: str, state: JobState, error: dict[str, str] | None = None
     ) -> bool:
         keys = [self._job_key(job_id), self._key("active"), self._key("finished")]
-        args = [
-            worker,
-            job_id,
-            state.value,
-            repr(self._clock()),
-            json.dumps(error) if error else "",
-        ]
+        body = json.dumps(error) if error else ""
+        args = [worker, job_id, state.value, repr(self._clock()), body, _message_id(),
+                self._prefix]  # fmt: skip
         return bool(self._finish(keys=keys, args=args))
 
     def release(self, job_id: str, worker: str) -> bool:
@@ -317,9 +343,41 @@ class RedisJobStore:
 
     def cancel(self, job_id: str) -> Job | None:
         keys = [self._job_key(job_id), self._key("active"), self._key("finished")]
-        if not self._cancel(keys=keys, args=[job_id, repr(self._clock())]):
+        args = [job_id, repr(self._clock()), _message_id(), self._prefix]
+        if not self._cancel(keys=keys, args=args):
             return None
         return self.get(job_id)
+
+    def claim_delivery(self, lease_s: float) -> Delivery | None:
+        args = [repr(self._clock()), repr(lease_s), self._prefix]
+        delivery_id = self._claim_delivery(keys=[self._key("outbox")], args=args)
+        if not delivery_id:
+            return None
+        fields = self._redis.hgetall(self._key("delivery", delivery_id))
+        return Delivery(delivery_id, fields["job_id"], fields["url"],
+                        JobState(fields["job_state"]), float(fields["created_at"]),
+                        int(fields["attempts"]))  # fmt: skip
+
+    def delivery_result(
+        self, delivery_id: str, delivered: bool, retry_at: float | None, error: str | None
+    ) -> None:
+        key = self._key("delivery", delivery_id)
+        with self._redis.pipeline(transaction=True) as tx:
+            if retry_at is not None and not delivered:
+                tx.zadd(self._key("outbox"), {delivery_id: retry_at})
+            else:
+                tx.zrem(self._key("outbox"), delivery_id)
+                tx.hset(key, "state", "delivered" if delivered else "failed")
+            tx.hset(key, "last_error", error or "")
+            tx.execute()
+
+    def delivery_state(self, job_id: str) -> dict[str, Any] | None:
+        delivery_id = self._redis.get(self._key("job", job_id, "delivery"))
+        fields = self._redis.hgetall(self._key("delivery", delivery_id)) if delivery_id else {}
+        if not fields:
+            return None
+        return {"state": fields["state"], "attempts": int(fields["attempts"]),
+                "last_error": fields.get("last_error") or None}  # fmt: skip
 
     def delete(self, job_id: str) -> bool:
         job = self.get(job_id)
@@ -349,6 +407,10 @@ class RedisJobStore:
                 tx.execute()
             self._blobs.delete_tree(f"jobs/{job_id}")
         return len(ids)
+
+
+def _message_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
 
 
 def _job(fields: dict[str, str]) -> Job:

@@ -49,6 +49,7 @@ class JobRunner:
         check_s: float | None = None,
     ) -> None:
         self._store, self._documents, self._door = store, documents, door
+        self.metrics = documents.metrics
         self.worker = worker
         self.lease_s = lease_s
         self._check_s = min(check_s or lease_s, lease_s / 3)
@@ -137,6 +138,7 @@ class JobRunner:
                     failed = isinstance(report.outcome, PageFailure)
                     page = page_json(report, options)
                     await self._hold(store.save_page, job.id, worker, report.number, page, failed)
+                    self.metrics.job_page(failed)
         except OCRError as error:
             await self._release(job, error)
             return
@@ -165,6 +167,7 @@ class JobRunner:
             )  # fmt: skip
         body = {"code": error.code, "message": error.message} if error else None
         await self._hold(self._store.finish, job.id, self.worker, state, body)
+        self.metrics.job_ended(state.value)
         logger.info("job %s: %s", job.id, state.value)
 
 
@@ -203,6 +206,7 @@ class JobLoop:
                 if loop.time() >= next_expiry:
                     await self._expire()
                     next_expiry = loop.time() + self._expire_every_s
+                await self._report()
                 while len(self.running) < self._jobs_at_once:
                     job = await asyncio.to_thread(
                         store.claim, self._runner.worker, self._runner.lease_s
@@ -238,6 +242,14 @@ class JobLoop:
             if released:
                 logger.info("job %s: given back to the queue (%s stopped)", job.get_name(),
                             runner.worker)  # fmt: skip
+
+    async def _report(self) -> None:
+        try:
+            stats = await asyncio.to_thread(self._runner.store.stats)
+        except Exception:
+            logger.exception("reading the job queue's size failed")
+            return
+        self._runner.metrics.jobs(stats.queued, stats.running, stats.oldest_queued_s)
 
     async def _expire(self) -> None:
         try:

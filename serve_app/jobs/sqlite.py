@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.jobs.model import Job, JobSpec, JobState
-from serve_app.jobs.store import JobStats, StoredPage
+from serve_app.jobs.store import Delivery, JobStats, StoredPage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -49,6 +49,18 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
     ON jobs (coalesce(owner, ''), idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, created_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL,
+    job_state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
 CREATE TABLE IF NOT EXISTS uploads (job_id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS pages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -248,15 +260,16 @@ class SqliteJobStore:
     def finish(
         self, job_id: str, worker: str, state: JobState, error: dict[str, str] | None = None
     ) -> bool:
-        """End ``worker``'s job in a final ``state``; ``False`` if it no longer holds it."""
         with self._transaction() as db:
             if not _holds(db, job_id, worker):
                 return False
+            now = self._clock()
             db.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, error = ?, lease_owner = NULL, "
                 "lease_until = NULL WHERE id = ?",
-                (state, self._clock(), json.dumps(error) if error else None, job_id),
+                (state, now, json.dumps(error) if error else None, job_id),
             )
+            _owe_webhook(db, job_id, state, now)
             return True
 
     def release(self, job_id: str, worker: str) -> bool:
@@ -274,19 +287,58 @@ class SqliteJobStore:
         """Cancel a queued or running job (its runner loses the lease and stops); a finished
         one is left as it is. ``None`` for an unknown id."""
         with self._transaction() as db:
-            db.execute(
+            now = self._clock()
+            cancelled = db.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, lease_owner = NULL, "
                 "lease_until = NULL WHERE id = ? AND state IN (?, ?)",
-                (JobState.CANCELLED, self._clock(), job_id, JobState.QUEUED, JobState.RUNNING),
-            )
+                (JobState.CANCELLED, now, job_id, JobState.QUEUED, JobState.RUNNING),
+            ).rowcount
+            if cancelled:
+                _owe_webhook(db, job_id, JobState.CANCELLED, now)
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row is not None else None
+
+    def claim_delivery(self, lease_s: float) -> Delivery | None:
+        now = self._clock()
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT * FROM deliveries WHERE state = 'pending' AND next_at <= ? "
+                "ORDER BY next_at LIMIT 1",
+                (now,),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, next_at = ? WHERE id = ?",
+                (now + lease_s, row["id"]),
+            )
+        return Delivery(row["id"], row["job_id"], row["url"], JobState(row["job_state"]),
+                        row["created_at"], row["attempts"] + 1)  # fmt: skip
+
+    def delivery_result(
+        self, delivery_id: str, delivered: bool, retry_at: float | None, error: str | None
+    ) -> None:
+        state = "delivered" if delivered else ("pending" if retry_at is not None else "failed")
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE deliveries SET state = ?, next_at = coalesce(?, next_at), "
+                "last_error = ? WHERE id = ?",
+                (state, retry_at, error, delivery_id),
+            )
+
+    def delivery_state(self, job_id: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT state, attempts, last_error FROM deliveries WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        return dict(row) if row is not None else None
 
     def delete(self, job_id: str) -> bool:
         """Remove the job and everything stored for it (a runner still working on it loses
         its lease and stops)."""
         with self._transaction() as db:
             deleted = db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
+            db.execute("DELETE FROM deliveries WHERE job_id = ? AND state != 'pending'", (job_id,))
             db.execute("DELETE FROM uploads WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM pages WHERE job_id = ?", (job_id,))
         return bool(deleted)
@@ -321,6 +373,18 @@ def _holds(
     if row is not None and extend_to is not None:
         db.execute("UPDATE jobs SET lease_until = ? WHERE id = ?", (extend_to, job_id))
     return row is not None
+
+
+def _owe_webhook(db: sqlite3.Connection, job_id: str, state: JobState, now: float) -> None:
+    """Put the ended job's webhook call in the outbox, if it asked for one."""
+    spec = JobSpec.from_json(json.loads(_row(db, job_id)["spec"]))
+    if spec.webhook_url is None:
+        return
+    db.execute(
+        "INSERT INTO deliveries (id, job_id, url, state, job_state, created_at, next_at) "
+        "VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+        (f"msg_{uuid.uuid4().hex}", job_id, spec.webhook_url, state, now, now),
+    )
 
 
 def _row(db: sqlite3.Connection, job_id: str) -> sqlite3.Row:

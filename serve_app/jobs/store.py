@@ -41,6 +41,25 @@ class JobStats:
     oldest_queued_s: float
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """A webhook call owed for a job that ended: the outbox keeps it until it is delivered
+    or given up, so it survives the replica that owed it.
+
+    Attributes:
+        id: The message id (``webhook-id``): the same on every attempt.
+        attempts: Tries so far, this one included (a claim counts as one).
+        created_at: When the job ended (the event's timestamp).
+    """
+
+    id: str
+    job_id: str
+    url: str
+    state: JobState
+    created_at: float
+    attempts: int
+
+
 class JobStore(Protocol):
     def submit(self, spec: JobSpec, upload: bytes) -> tuple[Job, bool]:
         """A new queued job, or the one this owner already submitted with the same
@@ -96,7 +115,8 @@ class JobStore(Protocol):
     def finish(
         self, job_id: str, worker: str, state: JobState, error: dict[str, str] | None = None
     ) -> bool:
-        """End ``worker``'s job in a final ``state``; ``False`` if it no longer holds it."""
+        """End ``worker``'s job in a final ``state`` (and owe its webhook, in the same step);
+        ``False`` if it no longer holds it."""
         ...
 
     def release(self, job_id: str, worker: str) -> bool:
@@ -104,11 +124,28 @@ class JobStore(Protocol):
         ...
 
     def cancel(self, job_id: str) -> Job | None:
-        """Cancel a queued or running job (its runner loses the lease); ``None`` if unknown."""
+        """Cancel a queued or running job (its runner loses the lease; its webhook is owed);
+        ``None`` if unknown."""
         ...
 
     def delete(self, job_id: str) -> bool:
         """Remove the job and everything stored for it."""
+        ...
+
+    def claim_delivery(self, lease_s: float) -> Delivery | None:
+        """The oldest webhook call that is due, held for ``lease_s`` (then due again, if its
+        sender died); ``None`` when none is due."""
+        ...
+
+    def delivery_result(
+        self, delivery_id: str, delivered: bool, retry_at: float | None, error: str | None
+    ) -> None:
+        """Record an attempt: delivered, to be retried at ``retry_at``, or given up."""
+        ...
+
+    def delivery_state(self, job_id: str) -> dict[str, Any] | None:
+        """The job's webhook: ``state`` (pending, delivered, failed), ``attempts`` and
+        ``last_error``; ``None`` when none is owed."""
         ...
 
     def expire(self, older_than_s: float) -> int:

@@ -98,9 +98,36 @@ PAGES_IN_FLIGHT = Metric(
     "Pages sent to the stages and not yet answered, per ingress replica.",
 )
 
+JOBS = Metric(
+    "ocr_jobs",
+    "gauge",
+    "Jobs queued and running (state), as the store counts them; every runner replica reports "
+    "the same value: take the max.",
+    ("state",),
+)
+JOB_OLDEST_QUEUED_SECONDS = Metric(
+    "ocr_job_oldest_queued_seconds", "gauge", "How long the oldest queued job has waited."
+)
+JOB_PAGES = Metric(
+    "ocr_job_pages", "counter", "Pages of jobs stored, by outcome (ok, failed).", ("outcome",)
+)
+JOBS_ENDED = Metric(
+    "ocr_jobs_ended",
+    "counter",
+    "Jobs a runner ended, by state (succeeded, partial, failed; cancelled ones end at the API).",
+    ("state",),
+)
+WEBHOOK_DELIVERIES = Metric(
+    "ocr_webhook_deliveries",
+    "counter",
+    "Webhook attempts by outcome (delivered, retry: to be tried again, failed: given up).",
+    ("outcome",),
+)
+
 ALL_METRICS = (
     PAGES, STAGE_SECONDS, REQUEST_SECONDS, PROMPT_TOKENS, COMPLETION_TOKENS, RETRIES,
-    ENGINE_CRASHES, RESPONSES, PAGES_IN_FLIGHT,
+    ENGINE_CRASHES, RESPONSES, PAGES_IN_FLIGHT, JOBS, JOB_OLDEST_QUEUED_SECONDS, JOB_PAGES,
+    JOBS_ENDED, WEBHOOK_DELIVERIES,
 )  # fmt: skip
 
 STAGES = {"preprocess_s": "preprocess", "engine_s": "engine", "postprocess_s": "postprocess"}
@@ -163,7 +190,7 @@ class MemoryRecorder:
 
 
 class ServiceMetrics:
-    """The ingress's measurements, in the service's own terms."""
+    """The service's measurements, in its own terms (ingress and job runner replicas)."""
 
     def __init__(self, recorder: Recorder | None = None) -> None:
         self._recorder = recorder or NullRecorder()
@@ -194,6 +221,21 @@ class ServiceMetrics:
         tags = {"route": route, "status": str(status), "code": code}
         self._recorder.record(RESPONSES, 1, tags)
         self._recorder.record(REQUEST_SECONDS, seconds, {"route": route})
+
+    def jobs(self, queued: int, running: int, oldest_queued_s: float) -> None:
+        """The store's queue, as a runner replica saw it."""
+        self._recorder.record(JOBS, queued, {"state": "queued"})
+        self._recorder.record(JOBS, running, {"state": "running"})
+        self._recorder.record(JOB_OLDEST_QUEUED_SECONDS, oldest_queued_s, {})
+
+    def job_page(self, failed: bool) -> None:
+        self._recorder.record(JOB_PAGES, 1, {"outcome": "failed" if failed else "ok"})
+
+    def job_ended(self, state: str) -> None:
+        self._recorder.record(JOBS_ENDED, 1, {"state": state})
+
+    def webhook(self, outcome: str) -> None:
+        self._recorder.record(WEBHOOK_DELIVERIES, 1, {"outcome": outcome})
 
     def pages_in_flight(self, change: int) -> None:
         self._in_flight += change

@@ -234,3 +234,48 @@ def test_a_cancelled_job_stops_its_engine_work(make_store: StoreFactory) -> None
     state, stored, unfinished = asyncio.run(go())
     assert state is JobState.CANCELLED
     assert stored < 20 and unfinished == 0
+
+
+def test_an_ended_job_owes_its_webhook_once_until_it_is_delivered(
+    make_store: StoreFactory,
+) -> None:
+    clock = Clock()
+    jobs = make_store(clock)
+    hooked = JobSpec(TINY, webhook_url="https://hooks.example.com/ocr")
+    done, _ = jobs.submit(hooked, b"%PDF")
+    clock.now += 1
+    plain, _ = jobs.submit(JobSpec(TINY), b"%PDF")
+    clock.now += 1
+    cancelled, _ = jobs.submit(hooked, b"%PDF")
+    assert jobs.claim_delivery(30) is None
+    for job in (done, plain):
+        claimed = jobs.claim("r", 30)
+        assert claimed is not None and claimed.id == job.id
+        assert jobs.finish(job.id, "r", JobState.SUCCEEDED)
+    assert jobs.delivery_state(plain.id) is None  # it asked for none
+
+    owed = jobs.claim_delivery(lease_s=30)
+    assert owed is not None and owed.id.startswith("msg_")
+    assert (owed.job_id, owed.url, owed.state, owed.attempts) == (
+        done.id, "https://hooks.example.com/ocr", JobState.SUCCEEDED, 1)  # fmt: skip
+    assert owed.created_at == clock.now
+    assert jobs.claim_delivery(30) is None  # held by its sender
+    jobs.delivery_result(owed.id, delivered=False, retry_at=clock.now + 10, error="HTTP 503")
+    assert jobs.delivery_state(done.id) == {"state": "pending", "attempts": 1,
+                                            "last_error": "HTTP 503"}  # fmt: skip
+    clock.now += 10
+    again = jobs.claim_delivery(30)
+    assert again is not None and (again.id, again.attempts) == (owed.id, 2)
+    jobs.delivery_result(again.id, delivered=True, retry_at=None, error=None)
+    assert jobs.delivery_state(done.id) == {"state": "delivered", "attempts": 2,
+                                            "last_error": None}  # fmt: skip
+
+    jobs.cancel(cancelled.id)
+    assert jobs.cancel(cancelled.id) is not None  # cancelling again owes nothing more
+    owed = jobs.claim_delivery(30)
+    assert owed is not None and (owed.job_id, owed.state) == (cancelled.id, JobState.CANCELLED)
+    jobs.delivery_result(owed.id, delivered=False, retry_at=None, error="HTTP 400")
+    assert jobs.delivery_state(cancelled.id) == {"state": "failed", "attempts": 1,
+                                                 "last_error": "HTTP 400"}  # fmt: skip
+    clock.now += 3600
+    assert jobs.claim_delivery(30) is None
