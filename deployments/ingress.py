@@ -22,7 +22,7 @@ from serve_app.api.service import OCRService
 from serve_app.config import AppConfig
 from serve_app.documents.run import DocumentRunner
 from serve_app.errors import NotReadyError
-from serve_app.jobs.store import open_store
+from serve_app.jobs.configured import open_store
 from serve_app.telemetry.metrics import ServiceMetrics
 
 logger = logging.getLogger("ray.serve")

@@ -15,8 +15,8 @@ from deployments.telemetry import RayRecorder, setup_replica
 from serve_app.config import AppConfig
 from serve_app.documents.door import Door
 from serve_app.documents.run import DocumentRunner
+from serve_app.jobs.configured import open_store
 from serve_app.jobs.runner import JobLoop, JobRunner
-from serve_app.jobs.store import open_store
 from serve_app.jobs.webhooks import WebhookSender, webhook_settings
 from serve_app.telemetry.metrics import ServiceMetrics
 
@@ -42,7 +42,7 @@ class JobRunnerDeployment:
         stages = HandleStages(preprocess, engines, postprocess, jobs.max_pages)
         metrics = ServiceMetrics(RayRecorder(serve.get_replica_context().app_name))
         window = config.ingress.model_copy(update={"pages_in_flight": jobs.pages_in_flight})
-        documents = DocumentRunner.from_config(window, stages, metrics)
+        documents = DocumentRunner.from_config(window, stages, metrics, page_traces=True)
         worker = f"runner-{ray.get_runtime_context().get_actor_id()}"
         store = open_store(jobs)
         runner = JobRunner(store, documents, Door(config), worker, jobs.lease_s,

@@ -9,6 +9,7 @@ stages in tests and tools).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -43,9 +44,13 @@ class OCRPipeline(Generic[SourceT, PageT]):
         pages_in_flight: int,
         metrics: ServiceMetrics | None = None,
         faults: FaultPolicy | None = None,
+        page_traces: bool = False,
     ) -> None:
+        """``page_traces``: each page in a trace of its own, linked to the run's span (a
+        job's pages), instead of every page in the run's trace (a request's)."""
         self._stages = stages
         self._window = pages_in_flight
+        self._page_traces = page_traces
         self._metrics = metrics or ServiceMetrics()
         self._faults = EngineFaults(faults)
 
@@ -110,6 +115,21 @@ class OCRPipeline(Generic[SourceT, PageT]):
             await asyncio.gather(*window, return_exceptions=True)
 
     async def _page(
+        self,
+        source: SourceT,
+        task: PageTask,
+        shed: asyncio.Future[OverloadedError],
+        prepared: PageT | None = None,
+        upload_id: str = "",
+    ) -> PageReport:
+        if not self._page_traces:
+            return await self._page_report(source, task, shed, prepared, upload_id)
+        attributes = {"ocr.request_id": task.request_id, "ocr.page": task.number}
+        with tracing.linked_root("ocr.page", task.trace, attributes) as carrier:
+            task = dataclasses.replace(task, trace=carrier)
+            return await self._page_report(source, task, shed, prepared, upload_id)
+
+    async def _page_report(
         self,
         source: SourceT,
         task: PageTask,

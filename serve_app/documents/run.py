@@ -162,11 +162,13 @@ class DocumentRunner(Generic[SourceT, PageT]):
         faults: FaultPolicy | None = None,
         sources: Sources | None = None,
         metrics: ServiceMetrics | None = None,
+        page_traces: bool = False,
     ) -> None:
+        """``page_traces``: see :class:`~serve_app.documents.pipeline.OCRPipeline`."""
         self.metrics = metrics or ServiceMetrics()
         self._stages = stages
         self._sources = sources or Sources()
-        self._pipeline = OCRPipeline(stages, pages_in_flight, self.metrics, faults)
+        self._pipeline = OCRPipeline(stages, pages_in_flight, self.metrics, faults, page_traces)
 
     @classmethod
     def from_config(
@@ -174,6 +176,7 @@ class DocumentRunner(Generic[SourceT, PageT]):
         config: IngressConfig,
         stages: Stages[SourceT, PageT],
         metrics: ServiceMetrics | None = None,
+        page_traces: bool = False,
     ) -> DocumentRunner[SourceT, PageT]:
         """A runner with the window, crash handling and URL fetching that ``config`` sets."""
         faults = FaultPolicy(
@@ -187,6 +190,7 @@ class DocumentRunner(Generic[SourceT, PageT]):
             faults=faults,
             sources=Sources(fetch_policy(config)),
             metrics=metrics,
+            page_traces=page_traces,
         )
 
     async def start(

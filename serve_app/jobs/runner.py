@@ -26,6 +26,7 @@ from serve_app.documents.run import DocumentRunner
 from serve_app.errors import ClientError, OCRError
 from serve_app.jobs.model import Job, JobState
 from serve_app.jobs.store import JobStore
+from serve_app.telemetry import tracing
 
 logger = logging.getLogger("ray.serve")
 
@@ -74,7 +75,10 @@ class JobRunner:
         logger.info("job %s: %s runs it (%s pages stored before)", job.id, self.worker,
                     job.pages_done)  # fmt: skip
         try:
-            await self._run(job)
+            with tracing.span(
+                "ocr.job", attributes={"ocr.job_id": job.id, "ocr.worker": self.worker}
+            ):
+                await self._run(job)  # each page's trace links to this span
         except LeaseLostError:
             self._stopped(job)
         except Exception as exc:  # a bug: end the job rather than take it over forever

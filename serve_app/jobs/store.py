@@ -1,4 +1,4 @@
-"""What a job store does, and the store the configuration names.
+"""What a job store does (:func:`serve_app.jobs.configured.open_store` opens one).
 
 Two stores keep the same contract (``tests/unit/test_jobs.py`` runs it against both):
 
@@ -14,12 +14,10 @@ pages or ends the job, and a page is stored once. Calls block: async code runs t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from serve_app.config import JobsConfig
 from serve_app.jobs.model import Job, JobSpec, JobState
 
 
@@ -152,16 +150,3 @@ class JobStore(Protocol):
         """Free the upload and pages of jobs that ended more than ``older_than_s`` ago; the
         job stays, marked expired (410, not 404). How many were freed."""
         ...
-
-
-def open_store(config: JobsConfig) -> JobStore:
-    """The store ``config`` names."""
-    if config.store == "redis":
-        from serve_app.jobs.blobs import LocalBlobs
-        from serve_app.jobs.redis_store import RedisJobStore
-
-        url = os.environ.get(config.redis_url_env) or config.redis_url
-        return RedisJobStore(url, LocalBlobs(config.blob_dir), prefix=config.redis_prefix)
-    from serve_app.jobs.sqlite import SqliteJobStore
-
-    return SqliteJobStore(config.store_path)

@@ -22,8 +22,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.propagate import extract, inject
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 TRACER_NAME = "deepseek_ocr"
 DEFAULT_SERVICE_NAME = "deepseek-ocr"
@@ -162,6 +163,21 @@ def span(
         name, context=context, kind=kind, attributes=attributes, record_exception=True
     ) as current:
         yield current
+
+
+@contextmanager
+def linked_root(
+    name: str, link_to: Carrier, attributes: Mapping[str, Any] | None = None
+) -> Iterator[dict[str, str]]:
+    """A span that starts a trace of its own, linked to the span ``link_to`` carries (a long
+    job's page gets its own trace instead of making the job's one trace huge); current
+    inside the block, which gets its context as W3C headers."""
+    linked = trace.get_current_span(extract(link_to)).get_span_context()
+    links = [Link(linked)] if linked.is_valid else []
+    with tracer().start_as_current_span(
+        name, context=Context(), links=links, attributes=attributes, record_exception=True
+    ):
+        yield current_carrier()
 
 
 def set_attributes(target: Span, attributes: Mapping[str, Any]) -> None:

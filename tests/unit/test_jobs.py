@@ -279,3 +279,39 @@ def test_an_ended_job_owes_its_webhook_once_until_it_is_delivered(
                                                  "last_error": "HTTP 400"}  # fmt: skip
     clock.now += 3600
     assert jobs.claim_delivery(30) is None
+
+
+def test_each_page_of_a_job_has_a_trace_of_its_own_linked_to_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from serve_app.telemetry import tracing
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    monkeypatch.setattr(tracing, "tracer", lambda: provider.get_tracer("test"))
+
+    async def go() -> None:
+        recording, config = await stages(0.0)
+        jobs = SqliteJobStore(tmp_path / "jobs.db")
+        jobs.submit(JobSpec(TINY), text_pdf(3))
+        documents = DocumentRunner.from_config(config.ingress, recording, page_traces=True)
+        ended = await JobRunner(jobs, documents, Door(config), "r1").run_next()
+        assert ended is not None and ended.state is JobState.SUCCEEDED
+
+    asyncio.run(go())
+    spans = exported.get_finished_spans()
+    (job,) = [s for s in spans if s.name == "ocr.job"]
+    pages = [s for s in spans if s.name == "ocr.page"]
+    assert sorted(s.attributes["ocr.page"] for s in pages) == [1, 2, 3]  # type: ignore[index]
+    traces = {s.context.trace_id for s in pages}
+    assert len(traces) == 3 and job.context.trace_id not in traces
+    for page in pages:
+        assert page.parent is None
+        assert [link.context.span_id for link in page.links] == [job.context.span_id]
+    engine = [s for s in spans if s.name == "engine"]
+    assert {s.context.trace_id for s in engine} == traces  # the stages' spans are in them
