@@ -42,7 +42,7 @@ class JobRunnerDeployment:
         stages = HandleStages(preprocess, engines, postprocess, jobs.max_pages)
         metrics = ServiceMetrics(RayRecorder(serve.get_replica_context().app_name))
         window = config.ingress.model_copy(update={"pages_in_flight": jobs.pages_in_flight})
-        documents = DocumentRunner.from_config(window, stages, metrics, page_traces=True)
+        documents = DocumentRunner.from_config(window, stages, metrics, batch=True)
         worker = f"runner-{ray.get_runtime_context().get_actor_id()}"
         store = open_store(jobs)
         runner = JobRunner(store, documents, Door(config), worker, jobs.lease_s,

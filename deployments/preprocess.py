@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import ray
@@ -10,6 +11,7 @@ from ray import ObjectRef, serve
 from deployments.page_data import StoredPage
 from deployments.telemetry import setup_replica
 from serve_app.config import PreprocessConfig
+from serve_app.core.gate import PriorityGate
 from serve_app.core.tiling import PageImage
 from serve_app.documents.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
 from serve_app.documents.stages import Preprocessor
@@ -20,15 +22,21 @@ class PreprocessDeployment:
     def __init__(self, config: PreprocessConfig) -> None:
         setup_replica("preprocess")
         self._pre = Preprocessor(config)
+        self._turns = PriorityGate(config.pages_at_once)
 
     def inspect(
         self, source: ObjectRef[bytes] | bytes, options: OCROptions, max_pages: int
     ) -> DocumentInfo:
         return self._pre.inspect(_bytes(source), options, max_pages)
 
-    def prepare(self, source: ObjectRef[bytes] | bytes, task: PageTask) -> StoredPage:
+    async def prepare(self, source: ObjectRef[bytes] | bytes, task: PageTask) -> StoredPage:
         """The page's header, with its views and pixels left in the object store: the engine
-        and postprocess read them from there, the ingress never does."""
+        and postprocess read them from there, the ingress never does. At most
+        ``pages_at_once`` pages at a time, requests' pages first."""
+        async with self._turns.turn(task.batch):
+            return await asyncio.to_thread(self._prepare, source, task)
+
+    def _prepare(self, source: ObjectRef[bytes] | bytes, task: PageTask) -> StoredPage:
         page = self._pre.prepare(_bytes(source), task)
         if isinstance(page.image, PageImage) and page.pixels is page.image:
             # A page reader's image: one copy is both what the engine reads and the pixels.

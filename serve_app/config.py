@@ -253,12 +253,22 @@ class PreprocessConfig(_Config):
     max_dpi: int = Field(300, ge=36, le=600)
     max_image_pixels: int = Field(64_000_000, ge=1, description="Decoded image size limit.")
     max_page_pixels: int = Field(40_000_000, ge=1, description="Rendered PDF page size limit.")
+    pages_at_once: int = Field(
+        4, ge=1,
+        description="Pages one replica prepares at the same time (threads); the others wait "
+        "their turn, requests' pages before jobs'.",
+    )  # fmt: skip
 
 
 class PostprocessConfig(_Config):
     """Figure crops and annotated pages."""
 
     figure_jpeg_quality: int = Field(90, ge=1, le=100)
+    pages_at_once: int = Field(
+        4, ge=1,
+        description="Pages one replica works on at the same time (threads); the others wait "
+        "their turn, requests' pages before jobs'.",
+    )  # fmt: skip
 
 
 class UrlFetchConfig(_Config):
@@ -411,10 +421,11 @@ class JobsConfig(_Config):
         2, ge=1, description="Jobs one runner replica works on at the same time."
     )
     pages_in_flight: int = Field(
-        4, ge=1,
-        description="Pages of one job in the stages at once. A runner replica has at most "
-        "jobs_at_once x pages_in_flight pages in flight, so /v1/ocr requests keep the rest "
-        "of the engines' queues.",
+        8, ge=1,
+        description="Job pages one runner replica has in the stages at once, shared by the "
+        "jobs it works on: one job alone goes as fast as a /v1/ocr request, and however many "
+        "jobs are queued, the stages see at most this many job pages per runner replica "
+        "(requests' pages go before them where pages wait for a turn).",
     )  # fmt: skip
     lease_s: float = Field(
         30.0, gt=0,

@@ -39,7 +39,7 @@ from serve_app.jobs.store import JobStore
 from serve_app.jobs.webhooks import webhook_settings
 
 MAX_IDEMPOTENCY_KEY = 255
-POLL_S = 0.25  # how often a long-poll or an event stream looks at the store
+POLL_S = 0.1  # how often a long-poll or an idle event stream looks at the store
 HEARTBEAT_S = 15.0  # an SSE comment this often keeps idle proxies from closing the stream
 
 
@@ -181,9 +181,10 @@ class JobsService:
                 yield _event(sse, "error", {"object": "error", **error.to_body()})
                 return
             # The state was read first: pages stored before it ended are all in this read.
-            for stored in await asyncio.to_thread(self._store.pages, job_id, sent):
+            stored = await asyncio.to_thread(self._store.pages, job_id, sent)
+            for page in stored:
                 sent += 1
-                yield _event(sse, "page", stored.page, event_id=sent)
+                yield _event(sse, "page", page.page, event_id=sent)
                 quiet_since = loop.time()
             if job.state.final:
                 yield _event(sse, "job", await self._job_body(request, job))
@@ -191,7 +192,8 @@ class JobsService:
             if sse and loop.time() - quiet_since >= HEARTBEAT_S:
                 yield ": keep-alive\n\n"
                 quiet_since = loop.time()
-            await asyncio.sleep(POLL_S)
+            if not stored:
+                await asyncio.sleep(POLL_S)
 
     async def result(self, request: Request, job_id: str, format: str) -> Response:
         job = await self._visible(request, job_id)

@@ -85,6 +85,8 @@ class PageTask:
     options: OCROptions
     # The request's trace context as W3C headers (empty when tracing is off).
     trace: dict[str, str] = field(default_factory=dict, compare=False)
+    # A job's page: where pages wait for a turn, requests' pages go first.
+    batch: bool = False
 
     @property
     def number(self) -> int:

@@ -44,13 +44,17 @@ class OCRPipeline(Generic[SourceT, PageT]):
         pages_in_flight: int,
         metrics: ServiceMetrics | None = None,
         faults: FaultPolicy | None = None,
-        page_traces: bool = False,
+        batch: bool = False,
     ) -> None:
-        """``page_traces``: each page in a trace of its own, linked to the run's span (a
-        job's pages), instead of every page in the run's trace (a request's)."""
+        """``batch``: a job runner's runs. ``pages_in_flight`` is then shared: the pages of
+        all its runs together, so a runner's load on the stages is bounded however many jobs
+        it works on. Their pages yield to requests' pages where pages wait for a turn, and
+        each page is a trace of its own linked to the run's span (instead of every page in
+        the run's trace, as a request's are)."""
         self._stages = stages
         self._window = pages_in_flight
-        self._page_traces = page_traces
+        self._batch = batch
+        self._shared = asyncio.Semaphore(pages_in_flight) if batch else None
         self._metrics = metrics or ServiceMetrics()
         self._faults = EngineFaults(faults)
 
@@ -68,7 +72,7 @@ class OCRPipeline(Generic[SourceT, PageT]):
         trace = tracing.current_carrier()
         first = None
         if info.kind == "image":
-            task = PageTask(request_id, 0, "image", options, trace)
+            task = PageTask(request_id, 0, "image", options, trace, self._batch)
             first = await self._stages.prepare(source, task)
         pages = self._pages(source, info, options, request_id, trace, first, upload_id)
         return info, pages
@@ -90,7 +94,7 @@ class OCRPipeline(Generic[SourceT, PageT]):
 
         def schedule() -> None:
             for index in todo:
-                task = PageTask(request_id, index, info.kind, options, trace)
+                task = PageTask(request_id, index, info.kind, options, trace, self._batch)
                 prepared = first if index == 0 else None
                 page = self._page(source, task, shed, prepared, upload_id)
                 window.append(asyncio.ensure_future(page))
@@ -122,12 +126,13 @@ class OCRPipeline(Generic[SourceT, PageT]):
         prepared: PageT | None = None,
         upload_id: str = "",
     ) -> PageReport:
-        if not self._page_traces:
+        if self._shared is None:
             return await self._page_report(source, task, shed, prepared, upload_id)
         attributes = {"ocr.request_id": task.request_id, "ocr.page": task.number}
-        with tracing.linked_root("ocr.page", task.trace, attributes) as carrier:
-            task = dataclasses.replace(task, trace=carrier)
-            return await self._page_report(source, task, shed, prepared, upload_id)
+        async with self._shared:
+            with tracing.linked_root("ocr.page", task.trace, attributes) as carrier:
+                task = dataclasses.replace(task, trace=carrier)
+                return await self._page_report(source, task, shed, prepared, upload_id)
 
     async def _page_report(
         self,

@@ -162,13 +162,13 @@ class DocumentRunner(Generic[SourceT, PageT]):
         faults: FaultPolicy | None = None,
         sources: Sources | None = None,
         metrics: ServiceMetrics | None = None,
-        page_traces: bool = False,
+        batch: bool = False,
     ) -> None:
-        """``page_traces``: see :class:`~serve_app.documents.pipeline.OCRPipeline`."""
+        """``batch``: a job's runs (see :class:`~serve_app.documents.pipeline.OCRPipeline`)."""
         self.metrics = metrics or ServiceMetrics()
         self._stages = stages
         self._sources = sources or Sources()
-        self._pipeline = OCRPipeline(stages, pages_in_flight, self.metrics, faults, page_traces)
+        self._pipeline = OCRPipeline(stages, pages_in_flight, self.metrics, faults, batch)
 
     @classmethod
     def from_config(
@@ -176,7 +176,7 @@ class DocumentRunner(Generic[SourceT, PageT]):
         config: IngressConfig,
         stages: Stages[SourceT, PageT],
         metrics: ServiceMetrics | None = None,
-        page_traces: bool = False,
+        batch: bool = False,
     ) -> DocumentRunner[SourceT, PageT]:
         """A runner with the window, crash handling and URL fetching that ``config`` sets."""
         faults = FaultPolicy(
@@ -190,7 +190,7 @@ class DocumentRunner(Generic[SourceT, PageT]):
             faults=faults,
             sources=Sources(fetch_policy(config)),
             metrics=metrics,
-            page_traces=page_traces,
+            batch=batch,
         )
 
     async def start(

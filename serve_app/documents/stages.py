@@ -152,6 +152,7 @@ class Recognizer:
                 temperature=options.temperature,
                 logprobs=options.return_tokens,
                 trace_headers=tracing.current_carrier(),
+                batch=task.batch,
             )
             generation = await recognize(self.engine, request, self._config.resolved_retry)
             tracing.set_attributes(span, {

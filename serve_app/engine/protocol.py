@@ -35,6 +35,7 @@ class GenerateRequest:
         temperature: ``None`` takes the configured default (greedy).
         logprobs: Return the log-probability of each generated token.
         trace_headers: W3C trace context of the caller's span, for engines that trace.
+        batch: A job's page: engines that queue pages serve requests' pages first.
     """
 
     request_id: str
@@ -46,6 +47,7 @@ class GenerateRequest:
     temperature: float | None = None
     logprobs: bool = False
     trace_headers: dict[str, str] | None = None
+    batch: bool = False
 
 
 @dataclass(frozen=True)

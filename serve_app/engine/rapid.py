@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from serve_app.config import RapidOCRConfig
+from serve_app.core.gate import PriorityGate
 from serve_app.core.prompts import IMAGE_PLACEHOLDER
 from serve_app.core.text_lines import from_quads, lines_output, reading_order
 from serve_app.core.tiling import PageImage
@@ -35,7 +36,8 @@ class RapidOCREngine:
     """Implements :class:`serve_app.engine.protocol.OCREngine` with rapidocr on CPU.
 
     Pages run in worker threads (onnxruntime releases the GIL), at most
-    ``config.pages_at_once`` at a time; the rest wait their turn in arrival order. A thread
+    ``config.pages_at_once`` at a time; the rest wait their turn in arrival order, requests'
+    pages before jobs' (:class:`~serve_app.core.gate.PriorityGate`). A thread
     cannot be stopped, so a read whose request was cancelled keeps its turn (and counts as
     unfinished) until it ends.
     """
@@ -43,7 +45,7 @@ class RapidOCREngine:
     def __init__(self, config: RapidOCRConfig) -> None:
         self._config = config
         self._ocr: Any = None
-        self._turns = asyncio.Semaphore(config.pages_at_once)
+        self._turns = PriorityGate(config.pages_at_once)
         self._running = InFlight()
         self._reads: dict[asyncio.Future[tuple[str, float]], str] = {}  # thread -> request id
 
@@ -96,7 +98,7 @@ class RapidOCREngine:
             raise InvalidInputError("rapidocr reads the page's pixels, not DeepSeek's views")
         with self._running.running(request.request_id) as aborted:
             start = time.perf_counter()
-            await self._turns.acquire()
+            await self._turns.acquire(request.batch)
             queued_s = time.perf_counter() - start
             if aborted.is_set():
                 self._turns.release()

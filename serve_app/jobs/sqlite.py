@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -79,6 +80,7 @@ class SqliteJobStore:
     def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
         self._path = str(path)
         self._clock = clock
+        self._local = threading.local()
         Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -86,12 +88,18 @@ class SqliteJobStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            yield db
-        finally:
-            db.close()
+        """This thread's connection to the file (opened once per thread: opening one costs
+        more than most calls here)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            # With WAL, a commit survives a crash of any process; only an OS crash or power
+            # loss may take the last commits back (then their pages run again: never lost,
+            # never stored twice).
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        yield db
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

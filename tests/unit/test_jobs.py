@@ -299,7 +299,7 @@ def test_each_page_of_a_job_has_a_trace_of_its_own_linked_to_the_job(
         recording, config = await stages(0.0)
         jobs = SqliteJobStore(tmp_path / "jobs.db")
         jobs.submit(JobSpec(TINY), text_pdf(3))
-        documents = DocumentRunner.from_config(config.ingress, recording, page_traces=True)
+        documents = DocumentRunner.from_config(config.ingress, recording, batch=True)
         ended = await JobRunner(jobs, documents, Door(config), "r1").run_next()
         assert ended is not None and ended.state is JobState.SUCCEEDED
 
