@@ -23,7 +23,8 @@ from serve_app.telemetry.metrics import ServiceMetrics
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(health_check_period_s=5.0)
+# Its own work is light (JSON, the store): the stages do the pages' work.
+@serve.deployment(health_check_period_s=5.0, ray_actor_options={"num_cpus": 0.1})
 class JobRunnerDeployment:
     """Leases queued jobs from the store and runs up to ``jobs.jobs_at_once`` of them, each
     with at most ``jobs.pages_in_flight`` pages in the stages. A replica that dies leaves its

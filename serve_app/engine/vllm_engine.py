@@ -32,6 +32,7 @@ from serve_app.telemetry import tracing
 NGRAM_PROCESSOR = "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"
 STEP_TIMEOUT_ENV = "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"
 RESERVED_CORES_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+BATCH_PRIORITY = 1  # a job's page; lower runs first
 
 logger = logging.getLogger("ray.serve")
 
@@ -60,6 +61,9 @@ def engine_args(config: EngineConfig, model_path: str, dtype: DType) -> Any:
         logits_processors=[NGRAM_PROCESSOR] if config.sampling.ngram_size else None,
         disable_log_stats=True,  # vLLM's periodic stats lines; its metrics are stat_loggers
         otlp_traces_endpoint=tracing.otlp_traces_endpoint(),
+        # Requests' pages (priority 0) are scheduled before jobs' (1) and, when the KV cache
+        # is short, a job's page is preempted first.
+        scheduling_policy="priority",
     )
 
 
@@ -200,6 +204,7 @@ class VLLMEngine:
             params,
             request_id=request.request_id,
             trace_headers=request.trace_headers or None,
+            priority=BATCH_PRIORITY if request.batch else 0,
         )
         completion_tokens = 0
         try:

@@ -70,7 +70,7 @@ def start_app(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
         # Logical CPUs are bookkeeping only; replicas ask for fractions of them.
-        ray.init(num_cpus=8, include_dashboard=False, object_store_memory=512 * 2**20,
+        ray.init(num_cpus=16, include_dashboard=False, object_store_memory=512 * 2**20,
                  _temp_dir=RAY_TEMP_DIR, log_to_driver=False,
                  _metrics_export_port=free_port())  # fmt: skip
     port = free_port()

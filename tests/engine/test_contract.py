@@ -75,6 +75,13 @@ def test_greedy_is_deterministic(engine: OCREngine, loop: LoopThread) -> None:
     assert first.text
 
 
+def test_a_jobs_page_is_read_as_a_requests_page(engine: OCREngine, loop: LoopThread) -> None:
+    """A job's page only waits differently (vLLM's priority 1, the CPU engine's gate)."""
+    asked = loop.run(generate_once(engine, request(engine, max_tokens=6)))
+    batch = loop.run(generate_once(engine, request(engine, max_tokens=6, batch=True)))
+    assert (batch.text, batch.token_ids) == (asked.text, asked.token_ids)
+
+
 def test_max_tokens_truncates_with_length(engine: OCREngine, loop: LoopThread) -> None:
     result = loop.run(generate_once(engine, request(engine, max_tokens=3)))
     assert (result.completion_tokens, result.finish_reason) == (3, "length")
