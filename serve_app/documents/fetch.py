@@ -27,9 +27,9 @@ import ipaddress
 import re
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -41,6 +41,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 WEB_PORTS = frozenset(DEFAULT_PORTS.values())
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = "deepseek-ocr-serve (url fetch)"
+T = TypeVar("T")
 
 
 class UrlNotAllowedError(ClientError):
@@ -360,10 +361,13 @@ def _pinned(hop: _Hop, address: IPAddress) -> tuple[httpx.URL, dict[str, Any]]:
     return target, extensions
 
 
-async def _get_any(
-    hop: _Hop, addresses: list[IPAddress], policy: FetchPolicy
-) -> Fetched | httpx.URL:
-    """GET ``hop`` from the first of its checked addresses that accepts a connection.
+async def _from_any(
+    hop: _Hop,
+    addresses: list[IPAddress],
+    policy: FetchPolicy,
+    attempt: Callable[[IPAddress], Awaitable[T]],
+) -> T:
+    """``attempt`` on the first of ``hop``'s checked addresses that accepts a connection.
 
     Raises:
         UrlTimeoutError: When the origin is too slow.
@@ -373,7 +377,7 @@ async def _get_any(
     timed_out = True
     for address in addresses:
         try:
-            return await _get(hop, address, policy)
+            return await attempt(address)
         except httpx.ConnectTimeout:
             failures.append(f"{address}: no connection within {policy.connect_timeout_s:g} s")
         except httpx.ConnectError as exc:
@@ -399,7 +403,8 @@ async def _follow(first: _Hop, policy: FetchPolicy) -> Fetched:
     hop = first
     for _ in range(policy.max_redirects + 1):
         addresses = await _checked_addresses(hop, policy)
-        result = await _get_any(hop, addresses, policy)
+        attempt = functools.partial(_get, hop, policy=policy)
+        result = await _from_any(hop, addresses, policy, attempt)
         if isinstance(result, Fetched):
             return result
         where = f"{_display(result)} (redirected from {_display(hop.url)})"
@@ -426,11 +431,7 @@ async def fetch_url(url: str, policy: FetchPolicy) -> Fetched:
         UrlTimeoutError: When connecting, a read or the whole fetch takes too long.
         PayloadTooLargeError: For a body larger than ``policy.max_bytes``.
     """
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise InvalidInputError(f"'url' is not a valid URL ({exc})", param="url") from None
-    first = _check_url(parsed, policy, _display(parsed))
+    first = _parsed(url, policy)
     try:
         async with asyncio.timeout(policy.total_timeout_s):
             return await _follow(first, policy)
@@ -438,6 +439,14 @@ async def fetch_url(url: str, policy: FetchPolicy) -> Fetched:
         raise UrlTimeoutError(
             f"{first.where} did not finish within {policy.total_timeout_s:g} s", param="url"
         ) from None
+
+
+def _parsed(url: str, policy: FetchPolicy) -> _Hop:
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise InvalidInputError(f"'url' is not a valid URL ({exc})", param="url") from None
+    return _check_url(parsed, policy, _display(parsed))
 
 
 def check_url(url: str, policy: FetchPolicy) -> None:
@@ -448,11 +457,7 @@ def check_url(url: str, policy: FetchPolicy) -> None:
         InvalidInputError: When ``url`` is not a URL.
         UrlNotAllowedError: For a refused scheme or credentials.
     """
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise InvalidInputError(f"'url' is not a valid URL ({exc})", param="url") from None
-    _check_url(parsed, policy, _display(parsed))
+    _parsed(url, policy)
 
 
 async def post_url(
@@ -468,37 +473,17 @@ async def post_url(
         UrlFetchError: When the host does not resolve or no address takes a connection.
         UrlTimeoutError: When connecting or the answer takes too long.
     """
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise InvalidInputError(f"'url' is not a valid URL ({exc})", param="url") from None
-    hop = _check_url(parsed, policy, _display(parsed))
+    hop = _parsed(url, policy)
+    sent = {"Host": hop.url.netloc.decode("ascii"), "User-Agent": USER_AGENT, **headers}
+
+    async def post(address: IPAddress) -> httpx.Response:
+        target, extensions = _pinned(hop, address)
+        async with _client(policy) as client:
+            return await client.post(target, content=body, headers=sent, extensions=extensions)
+
     try:
         async with asyncio.timeout(policy.total_timeout_s):
-            addresses = await _checked_addresses(hop, policy)
-            failures: list[str] = []
-            for address in addresses:
-                target, extensions = _pinned(hop, address)
-                sent = {"Host": hop.url.netloc.decode("ascii"), "User-Agent": USER_AGENT,
-                        **headers}  # fmt: skip
-                try:
-                    async with _client(policy) as client:
-                        return await client.post(
-                            target, content=body, headers=sent, extensions=extensions
-                        )
-                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                    failures.append(f"{address}: {_describe(exc)}")
-                except httpx.TimeoutException:
-                    raise UrlTimeoutError(
-                        f"{hop.where} did not answer within {policy.read_timeout_s:g} s",
-                        param="url",
-                    ) from None
-                except httpx.HTTPError as exc:
-                    raise UrlFetchError(
-                        f"{hop.where}: the exchange failed ({_describe(exc)})", param="url"
-                    ) from None
-            raise UrlFetchError(f"{hop.where}: could not connect ({'; '.join(failures)})",
-                                param="url")  # fmt: skip
+            return await _from_any(hop, await _checked_addresses(hop, policy), policy, post)
     except TimeoutError:
         raise UrlTimeoutError(
             f"{hop.where} did not answer within {policy.total_timeout_s:g} s", param="url"
