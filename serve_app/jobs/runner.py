@@ -99,7 +99,7 @@ class JobRunner:
                     job.id, self.worker)  # fmt: skip
 
     async def _renew(self, job_id: str, work: asyncio.Task[Any] | None) -> None:
-        """Renew the lease every third of it; cancel ``work`` once it is lost."""
+        """Renew the lease every ``check_s``; cancel ``work`` once it is lost."""
         while True:
             await asyncio.sleep(self._check_s)
             held = await asyncio.to_thread(self._store.renew, job_id, self.worker, self.lease_s)
