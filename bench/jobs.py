@@ -114,7 +114,7 @@ def main() -> None:
     config = AppConfig.model_validate(
         {"models": {"deepseek-ocr": {"kind": "fake", "fake": fake}},
          "ingress": {"max_pages": max(args.pages, 500)},
-         "jobs": {"store_path": str(work / "jobs.db"),
+         "jobs": {"enabled": True, "store_path": str(work / "jobs.db"),
                   **({"pages_in_flight": args.job_window} if args.job_window else {})}}
     )  # fmt: skip
     url = start_app(config, name=APP, options=deployed_options(config))

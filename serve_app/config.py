@@ -388,7 +388,9 @@ class JobsConfig(_Config):
     deployment, each page stored as it finishes."""
 
     enabled: bool = Field(
-        True, description="Serve /v1/jobs and deploy the job runner (JobRunnerDeployment)."
+        False,
+        description="Serve /v1/jobs and deploy the job runner (JobRunnerDeployment); "
+        "serve_config.yaml turns it on.",
     )
     store: Literal["sqlite", "redis"] = Field(
         "sqlite",

@@ -26,7 +26,7 @@ def app_config(store: Path, page_s: float) -> AppConfig:
     return AppConfig.model_validate(
         {
             "models": {"deepseek-ocr": {"kind": "fake", "fake": {"first_token_latency_s": page_s}}},
-            "jobs": {"store_path": str(store), "lease_s": LEASE_S, "poll_interval_s": 0.2,
+            "jobs": {"enabled": True, "store_path": str(store), "lease_s": LEASE_S, "poll_interval_s": 0.2,
                      "pages_in_flight": 4},
         }
     )  # fmt: skip

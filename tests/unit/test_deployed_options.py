@@ -29,6 +29,6 @@ def test_a_graph_of_fewer_models_keeps_only_its_deployments() -> None:
     options = deployed_options(config)
     assert set(options) == {
         "OCRIngress", "PreprocessDeployment", "EngineDeployment-deepseek-ocr",
-        "PostprocessDeployment", "JobRunnerDeployment",
+        "PostprocessDeployment",
     }  # fmt: skip
     assert options["EngineDeployment-deepseek-ocr"]["max_ongoing_requests"] == 64
