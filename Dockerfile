@@ -25,6 +25,8 @@ ENV UV_PROJECT_ENVIRONMENT=/app/.venv \
 
 # Dependencies first (a cached layer while only the code changes), then the project itself.
 COPY pyproject.toml uv.lock README.md ./
+# The client (a dev dependency by path) only so that uv can check the lock against it.
+COPY client ./client
 RUN uv sync --locked --no-dev --no-install-project --extra ${VLLM_EXTRA}
 COPY serve_app ./serve_app
 COPY deployments ./deployments

@@ -1,0 +1,126 @@
+"""The command-line client's pure parts: which files a run reads and where their outputs go,
+the state record that decides what is done, the outputs it writes, Retry-After."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dsocr.api import ApiError, _retry_after
+from dsocr.inputs import find_inputs, page_count
+from dsocr.outputs import document, write_outputs
+from dsocr.run import submit_key
+from dsocr.state import STATE_FILE, Entry, State, options_key
+from serve_app.testing.synthetic import text_pdf
+
+
+def touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_a_folder_is_read_recursively_and_its_tree_is_mirrored(tmp_path: Path) -> None:
+    touch(tmp_path / "in" / "a.pdf")
+    touch(tmp_path / "in" / "sub" / "b.PNG")
+    touch(tmp_path / "in" / "notes.txt")  # not a document type: a folder leaves it out
+    single = touch(tmp_path / "other" / "c.jpg")
+    found = find_inputs([str(tmp_path / "in"), str(single), str(tmp_path / "in" / "a.pdf")])
+    assert [(i.stem.as_posix(), i.key, i.content_type) for i in found] == [
+        ("a", "a.pdf", "application/pdf"),
+        ("sub/b", "sub/b.png", "image/png"),
+        ("c", "c.jpg", "image/jpeg"),
+    ]  # a.pdf named twice is read once
+
+
+def test_a_glob_and_a_named_file_of_any_type_are_read_and_nothing_matching_is_an_error(
+    tmp_path: Path,
+) -> None:
+    touch(tmp_path / "x1.pdf")
+    touch(tmp_path / "x2.pdf")
+    odd = touch(tmp_path / "broken.bin")
+    found = find_inputs([str(tmp_path / "x*.pdf"), str(odd)])
+    assert [i.key for i in found] == ["x1.pdf", "x2.pdf", "broken.bin"]
+    assert found[-1].content_type == "application/octet-stream"  # the service says why not
+    with pytest.raises(FileNotFoundError, match="nothing.pdf"):
+        find_inputs([str(tmp_path / "nothing.pdf")])
+
+
+def test_page_count_counts_a_pdfs_pages_and_an_image_as_one() -> None:
+    assert page_count(text_pdf(3), "application/pdf") == 3
+    assert page_count(b"\x89PNG...", "image/png") == 1
+
+
+def test_the_state_record_answers_only_for_the_same_content_and_options(
+    tmp_path: Path,
+) -> None:
+    state = State(tmp_path)
+    opts = options_key({"mode": "tiny"})
+    state.put("a.pdf", Entry("a.pdf", "h1", opts, "done", pages_done=3))
+    state.put("b.pdf", Entry("b.pdf", "h2", opts, "running", job_id="job_1"))
+    again = State(tmp_path)  # what a rerun reads
+    done = again.get("a.pdf", "h1", opts)
+    assert done is not None and (done.status, done.pages_done) == ("done", 3)
+    assert again.get("a.pdf", "h1-changed", opts) is None  # another content: read again
+    assert again.get("a.pdf", "h1", options_key({"mode": "base"})) is None  # other options
+    running = again.get("b.pdf", "h2", opts)
+    assert running is not None and (running.status, running.job_id) == ("running", "job_1")
+    assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]  # no temporary file left
+
+
+def test_a_documents_answer_is_rebuilt_from_its_stream_in_page_order() -> None:
+    pages = [
+        {"object": "ocr.page", "page": 2, "markdown": "two"},
+        {"object": "ocr.page", "page": 1, "error": {"code": "x", "message": "bad --  page"}},
+    ]
+    summary = {"object": "ocr.result", "pages_processed": 2, "pages_failed": 1}
+    answer = document(summary, pages)
+    assert [p["page"] for p in answer["pages"]] == [1, 2]
+    assert answer["markdown"] == (
+        "<!-- page 1 failed: bad - page -->\n\n<--- Page Split --->\n\ntwo"
+    )
+
+
+def test_outputs_go_beside_each_other_and_figures_to_files(tmp_path: Path) -> None:
+    jpeg = b"\xff\xd8fake"
+    page = {"page": 1, "markdown": "![](images/0_0.jpg)",
+            "figures": [{"name": "images/0_0.jpg", "image_base64": base64.b64encode(jpeg).decode()}]}  # fmt: skip
+    written = write_outputs(tmp_path, Path("sub/doc"), {"markdown": "# hi", "pages": [page]})
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
+        "sub/doc.json", "sub/doc.md", "sub/doc_figures/0_0.jpg"]  # fmt: skip
+    assert (tmp_path / "sub" / "doc_figures" / "0_0.jpg").read_bytes() == jpeg
+    saved = json.loads((tmp_path / "sub" / "doc.json").read_text())
+    assert saved["pages"][0]["figures"] == [
+        {"name": "images/0_0.jpg", "file": "sub/doc_figures/0_0.jpg"}]  # fmt: skip
+
+
+def test_retry_after_is_the_servers_capped_at_a_minute_else_growing() -> None:
+    def answer(**headers: str) -> httpx.Response:
+        return httpx.Response(429, headers=headers)
+
+    assert _retry_after(answer(**{"retry-after": "3"}), 0) == 3
+    assert _retry_after(answer(**{"retry-after": "7200"}), 0) == 60
+    assert [_retry_after(answer(), n) for n in (0, 1, 2)] == [1, 2, 4]
+
+
+def test_an_error_answer_reads_as_the_services_code_and_message() -> None:
+    body = json.dumps({"error": {"code": "invalid_input", "message": "not a PDF"}}).encode()
+    error = ApiError.of(httpx.Response(400), body)
+    assert (error.status, error.code, error.message) == (400, "invalid_input", "not a PDF")
+    plain = ApiError.of(httpx.Response(502), b"Bad Gateway")
+    assert (plain.code, plain.message) == ("http_error", "Bad Gateway")
+
+
+def test_a_jobs_idempotency_key_is_the_same_for_a_rerun_and_another_for_another_folder(
+    tmp_path: Path,
+) -> None:
+    entry = Entry("c.pdf", "h1", options_key({}), "running")
+    key = submit_key(tmp_path / "out", entry)
+    assert key == submit_key(tmp_path / "out", Entry("c.pdf", "h1", options_key({}), "running"))
+    assert key != submit_key(tmp_path / "elsewhere", entry)
+    assert key != submit_key(tmp_path / "out", Entry("c.pdf", "h2", options_key({}), "running"))
+    assert key.startswith("dsocr-") and len(key) <= 64
