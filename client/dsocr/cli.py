@@ -28,9 +28,14 @@ from dsocr.run import Outcome, RunOptions, run_batch
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # docstrings' wrapped lines join into paragraphs
     help="Read images and PDFs into markdown and JSON with a DeepSeek-OCR service.",
 )
-jobs_app = typer.Typer(no_args_is_help=True, help="Jobs submitted by this client or elsewhere.")
+jobs_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="Jobs submitted by this client or elsewhere.",
+)
 app.add_typer(jobs_app, name="jobs")
 
 Server = Annotated[
@@ -66,8 +71,8 @@ def ocr(
     retry_failed: Annotated[bool, typer.Option(help="Read failed documents again.")] = False,
     log_format: Annotated[LogFormat, typer.Option(help="auto, plain or json")] = LogFormat.auto,
 ) -> None:
-    """Read documents into OUT: <stem>.md and <stem>.json beside each other, mirroring the
-    input folders. A rerun does only what is not done (see OUT/.dsocr-state.json)."""
+    """Read documents into OUT: STEM.md and STEM.json beside each other, mirroring the
+    input folders. A rerun does only what is not done (see OUT/.dsocr-state.jsonl)."""
     try:
         inputs = find_inputs(paths)
     except FileNotFoundError as missing:

@@ -55,19 +55,28 @@ class DocumentFailedError(Exception):
 async def run_batch(
     api: Api, inputs: list[Input], out: Path, options: RunOptions, reporter: Reporter
 ) -> list[Outcome]:
-    """Read every input (``options.concurrency`` at a time); the outcome of each."""
+    """Read every input, ``options.concurrency`` at the service at a time; the outcome of
+    each. A document's file is read and checked before its turn and its outputs written
+    after it, so the turns go to the service's work; twice as many documents as turns are
+    held at once, at most."""
     state = State(out)
-    turns = asyncio.Semaphore(options.concurrency)
+    held, turns = asyncio.Semaphore(2 * options.concurrency), asyncio.Semaphore(options.concurrency)
 
     async def one(item: Input) -> Outcome:
-        async with turns:
-            return await read_one(api, item, out, options, state, reporter)
+        async with held:
+            return await read_one(api, item, out, options, state, reporter, turns)
 
     return list(await asyncio.gather(*(one(item) for item in inputs)))
 
 
 async def read_one(
-    api: Api, item: Input, out: Path, options: RunOptions, state: State, reporter: Reporter
+    api: Api,
+    item: Input,
+    out: Path,
+    options: RunOptions,
+    state: State,
+    reporter: Reporter,
+    turns: asyncio.Semaphore,
 ) -> Outcome:
     data = await asyncio.to_thread(item.path.read_bytes)
     digest, opts = sha256(data), options_key(options.params)
@@ -81,28 +90,34 @@ async def read_one(
         reporter.finished(outcome)
         return outcome
     pages = page_count(data, item.content_type)
-    reporter.started(item, pages)
-    start = time.perf_counter()
     resume = entry.job_id if entry is not None and entry.status == "running" else None
     via = "job" if resume or pages >= options.job_threshold else "stream"
     outcome = Outcome(item, "failed", via=via)
-    try:
-        if via == "job":
-            running = Entry(item.key, digest, opts, "running")
-            answer, outcome.job_id = await _as_job(api, item, data, options, state, resume,
-                                                   running, submit_key(out, running),
-                                                   reporter)  # fmt: skip
-        else:
-            answer = await _streamed(api, item, data, options, reporter)
-        await asyncio.to_thread(write_outputs, out, item.stem, answer)
-        outcome.status = "done"
-        outcome.pages = int(answer["pages_processed"])
-        outcome.pages_failed = int(answer["pages_failed"])
-    except (ApiError, DocumentFailedError, httpx.HTTPError, OSError) as error:
-        outcome.error = str(error) or type(error).__name__
+    answer: dict[str, Any] | None = None
+    async with turns:
+        reporter.started(item, pages)
+        start = time.perf_counter()
+        try:
+            if via == "job":
+                running = Entry(item.key, digest, opts, "running")
+                answer, outcome.job_id = await _as_job(api, item, data, options, state, resume,
+                                                       running, submit_key(out, running),
+                                                       reporter)  # fmt: skip
+            else:
+                answer = await _streamed(api, item, data, options, reporter)
+        except (ApiError, DocumentFailedError, httpx.HTTPError) as error:
+            outcome.error = str(error) or type(error).__name__
+    if answer is not None:
+        try:
+            await asyncio.to_thread(write_outputs, out, item.stem, answer)
+            outcome.status = "done"
+            outcome.pages = int(answer["pages_processed"])
+            outcome.pages_failed = int(answer["pages_failed"])
+        except OSError as error:
+            outcome.error = f"writing the outputs: {error}"
     outcome.seconds = time.perf_counter() - start
-    state.put(item.key, Entry(item.key, digest, opts, outcome.status, outcome.job_id,
-                              outcome.pages, outcome.error))  # fmt: skip
+    state.put(Entry(item.key, digest, opts, outcome.status, outcome.job_id, outcome.pages,
+                    outcome.error))  # fmt: skip
     reporter.finished(outcome)
     return outcome
 
@@ -154,7 +169,7 @@ async def _as_job(
         job = await api.submit(data, item.content_type, options.params, key=key)
         job_id = str(job["id"])
         entry.job_id = job_id
-        state.put(item.key, entry)  # a rerun resumes this job instead of submitting again
+        state.put(entry)  # a rerun resumes this job instead of submitting again
     final: dict[str, Any] | None = None
     async for event in api.events(job_id):
         kind = event.get("object")

@@ -1,10 +1,13 @@
 """The run's state record under the output folder: what is done is decided here, never by
 an output file existing.
 
-``<out>/.dsocr-state.json`` holds one entry per input: its content hash and options, its
-status (``running``, ``done``, ``failed``), its job id, pages done and error. It is rewritten
-whole (to a temporary name, then renamed) after every change, so an interrupted run leaves
-either the old or the new record.
+``<out>/.dsocr-state.jsonl`` is a journal: a line per change of an input's entry (its content
+hash and options, status ``running``, ``done`` or ``failed``, job id, pages done, error), the
+last line of an input winning. A change costs one appended line however long the run (a
+record rewritten whole would cost a run of n documents n² work). Reading it back skips a line
+torn by a crash and rewrites the journal compact (a line per input, to a temporary name, then
+renamed). Outputs are renamed into place before their ``done`` line is written, so a lost
+line means a document read again, never one skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-STATE_FILE = ".dsocr-state.json"
+STATE_FILE = ".dsocr-state.jsonl"
 
 
 @dataclass
@@ -32,14 +35,23 @@ class Entry:
 
 
 class State:
-    """The record at ``<out>/.dsocr-state.json`` (read if it exists)."""
+    """The journal at ``<out>/.dsocr-state.jsonl`` (read and compacted if it exists)."""
 
     def __init__(self, out: Path) -> None:
         self._path = out / STATE_FILE
         self.entries: dict[str, Entry] = {}
-        if self._path.exists():
-            raw = json.loads(self._path.read_text())
-            self.entries = {key: Entry(**value) for key, value in raw["inputs"].items()}
+        if not self._path.exists():
+            return
+        data = self._path.read_bytes()
+        lines = data.splitlines()
+        for line in lines:
+            try:
+                entry = Entry(**json.loads(line))
+            except (ValueError, TypeError):  # torn by a crash mid-write, or not ours
+                continue
+            self.entries[entry.input] = entry
+        if len(lines) > len(self.entries) or not data.endswith(b"\n"):
+            write_atomically(self._path, b"".join(map(_line, self.entries.values())))
 
     def get(self, key: str, sha256: str, options: str) -> Entry | None:
         """The entry of this content with these options, if any."""
@@ -48,13 +60,15 @@ class State:
             return None
         return entry
 
-    def put(self, key: str, entry: Entry) -> None:
-        self.entries[key] = entry
-        self.save()
+    def put(self, entry: Entry) -> None:
+        self.entries[entry.input] = entry
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        with self._path.open("ab") as journal:
+            journal.write(_line(entry))
 
-    def save(self) -> None:
-        body = {"version": 1, "inputs": {k: asdict(v) for k, v in self.entries.items()}}
-        write_atomically(self._path, json.dumps(body, indent=1).encode())
+
+def _line(entry: Entry) -> bytes:
+    return json.dumps(asdict(entry)).encode() + b"\n"
 
 
 def sha256(data: bytes) -> str:

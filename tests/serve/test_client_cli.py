@@ -12,12 +12,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from dsocr.state import STATE_FILE, State
 from serve_app.config import AppConfig
 from serve_app.testing.serve import SERVE_LOGS, start_app
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
@@ -96,7 +98,7 @@ def settled_posts() -> dict[str, int]:
 
 
 def state(out: Path) -> dict[str, dict[str, Any]]:
-    return dict(json.loads((out / ".dsocr-state.json").read_text())["inputs"])
+    return {key: asdict(entry) for key, entry in State(out).entries.items()}
 
 
 def service_answer(server: str, path: Path, content_type: str) -> dict[str, Any]:
@@ -125,7 +127,7 @@ def test_a_folder_gives_the_services_answers_as_files_and_the_broken_file_fails_
     assert "e_broken.pdf" in err.split("failed", 1)[1]  # named again in the summary
 
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
-                     if p.is_file() and p.name != ".dsocr-state.json")  # fmt: skip
+                     if p.is_file() and p.name != STATE_FILE)  # fmt: skip
     assert written == ["a_small.json", "a_small.md", "c_big.json", "c_big.md",
                        "scans/b_photo.json", "scans/b_photo.md",
                        "scans/d_photo.json", "scans/d_photo.md"]  # fmt: skip

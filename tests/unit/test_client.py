@@ -3,8 +3,10 @@ the state record that decides what is done, the outputs it writes, Retry-After."
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
+import sys
 from pathlib import Path
 
 import httpx
@@ -60,8 +62,9 @@ def test_the_state_record_answers_only_for_the_same_content_and_options(
 ) -> None:
     state = State(tmp_path)
     opts = options_key({"mode": "tiny"})
-    state.put("a.pdf", Entry("a.pdf", "h1", opts, "done", pages_done=3))
-    state.put("b.pdf", Entry("b.pdf", "h2", opts, "running", job_id="job_1"))
+    state.put(Entry("a.pdf", "h1", opts, "running", job_id="job_0"))
+    state.put(Entry("a.pdf", "h1", opts, "done", pages_done=3))  # the last line wins
+    state.put(Entry("b.pdf", "h2", opts, "running", job_id="job_1"))
     again = State(tmp_path)  # what a rerun reads
     done = again.get("a.pdf", "h1", opts)
     assert done is not None and (done.status, done.pages_done) == ("done", 3)
@@ -69,7 +72,22 @@ def test_the_state_record_answers_only_for_the_same_content_and_options(
     assert again.get("a.pdf", "h1", options_key({"mode": "base"})) is None  # other options
     running = again.get("b.pdf", "h2", opts)
     assert running is not None and (running.status, running.job_id) == ("running", "job_1")
-    assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]  # no temporary file left
+    # Read back, the journal is compacted: a line per input, no temporary file left.
+    assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]
+    assert len((tmp_path / STATE_FILE).read_text().splitlines()) == 2
+
+
+def test_a_state_line_torn_by_a_crash_is_skipped_and_the_next_line_lands_whole(
+    tmp_path: Path,
+) -> None:
+    opts = options_key({})
+    State(tmp_path).put(Entry("a.pdf", "h1", opts, "done", pages_done=1))
+    with (tmp_path / STATE_FILE).open("ab") as journal:
+        journal.write(b'{"input": "b.pdf", "sha256": "h2", "opti')  # the crash
+    again = State(tmp_path)
+    assert list(again.entries) == ["a.pdf"]
+    again.put(Entry("c.pdf", "h3", opts, "done"))
+    assert list(State(tmp_path).entries) == ["a.pdf", "c.pdf"]
 
 
 def test_a_documents_answer_is_rebuilt_from_its_stream_in_page_order() -> None:
@@ -124,3 +142,19 @@ def test_a_jobs_idempotency_key_is_the_same_for_a_rerun_and_another_for_another_
     assert key != submit_key(tmp_path / "elsewhere", entry)
     assert key != submit_key(tmp_path / "out", Entry("c.pdf", "h2", options_key({}), "running"))
     assert key.startswith("dsocr-") and len(key) <= 64
+
+
+def test_the_client_imports_only_the_standard_library_httpx_typer_and_rich() -> None:
+    allowed = {"httpx", "typer", "rich", "dsocr"}
+    root = Path(__file__).parents[2] / "client" / "dsocr"
+    imported: set[str] = set()
+    for source in root.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    assert imported, "no imports read"
+    outside = imported - allowed - sys.stdlib_module_names
+    assert not outside, f"the client would need {outside} installed"
+    assert {"httpx", "typer", "rich"} <= imported
