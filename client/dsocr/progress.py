@@ -31,7 +31,8 @@ def describe(outcome: Outcome) -> str:
     failed = f", {outcome.pages_failed} failed" if outcome.pages_failed else ""
     via = f" via {outcome.via}" if outcome.via != "-" else ""
     took = f" in {outcome.seconds:.1f} s" if outcome.status == "done" else ""
-    return f"{_MARK[outcome.status]:<13} {name}: {outcome.pages} pages{failed}{via}{took}"
+    pages = f"{outcome.pages} page{'' if outcome.pages == 1 else 's'}"
+    return f"{_MARK[outcome.status]:<13} {name}: {pages}{failed}{via}{took}"
 
 
 class LineReporter:

@@ -101,7 +101,7 @@ async def read_one(
             if via == "job":
                 running = Entry(item.key, digest, opts, "running")
                 answer, outcome.job_id = await _as_job(api, item, data, options, state, resume,
-                                                       running, submit_key(out, running),
+                                                       running, submit_key(state.run_id, running),
                                                        reporter)  # fmt: skip
             else:
                 answer = await _streamed(api, item, data, options, reporter)
@@ -122,11 +122,11 @@ async def read_one(
     return outcome
 
 
-def submit_key(out: Path, entry: Entry) -> str:
-    """The job's ``Idempotency-Key``: the same for a rerun into the same output folder (a
-    run that died between submitting and recording the job id finds its job again), another
-    for another folder (another run, another job)."""
-    run = f"{out.resolve()}\n{entry.input}\n{entry.sha256}\n{entry.options}"
+def submit_key(run_id: str, entry: Entry) -> str:
+    """The job's ``Idempotency-Key``: the same for a rerun of the run (one that died between
+    submitting and recording the job id finds its job again), another for another run (a
+    fresh output folder: the document is read again)."""
+    run = f"{run_id}\n{entry.input}\n{entry.sha256}\n{entry.options}"
     return "dsocr-" + hashlib.sha256(run.encode()).hexdigest()[:40]
 
 

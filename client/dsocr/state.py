@@ -7,7 +7,8 @@ last line of an input winning. A change costs one appended line however long the
 record rewritten whole would cost a run of n documents n² work). Reading it back skips a line
 torn by a crash and rewrites the journal compact (a line per input, to a temporary name, then
 renamed). Outputs are renamed into place before their ``done`` line is written, so a lost
-line means a document read again, never one skipped.
+line means a document read again, never one skipped. The first line names the run (a random
+id): a rerun into the same folder is the same run, a fresh folder another.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,23 +37,29 @@ class Entry:
 
 
 class State:
-    """The journal at ``<out>/.dsocr-state.jsonl`` (read and compacted if it exists)."""
+    """The journal at ``<out>/.dsocr-state.jsonl``: read and compacted if it exists, else
+    begun."""
 
     def __init__(self, out: Path) -> None:
         self._path = out / STATE_FILE
         self.entries: dict[str, Entry] = {}
-        if not self._path.exists():
-            return
-        data = self._path.read_bytes()
+        self.run_id = ""
+        data = self._path.read_bytes() if self._path.exists() else b""
         lines = data.splitlines()
         for line in lines:
             try:
-                entry = Entry(**json.loads(line))
+                raw = json.loads(line)
+                if "run" in raw:
+                    self.run_id = str(raw["run"])
+                else:
+                    entry = Entry(**raw)
+                    self.entries[entry.input] = entry
             except (ValueError, TypeError):  # torn by a crash mid-write, or not ours
                 continue
-            self.entries[entry.input] = entry
-        if len(lines) > len(self.entries) or not data.endswith(b"\n"):
-            write_atomically(self._path, b"".join(map(_line, self.entries.values())))
+        if not self.run_id or len(lines) > len(self.entries) + 1 or not data.endswith(b"\n"):
+            self.run_id = self.run_id or uuid.uuid4().hex
+            header = json.dumps({"run": self.run_id}).encode() + b"\n"
+            write_atomically(self._path, header + b"".join(map(_line, self.entries.values())))
 
     def get(self, key: str, sha256: str, options: str) -> Entry | None:
         """The entry of this content with these options, if any."""

@@ -74,7 +74,7 @@ def test_the_state_record_answers_only_for_the_same_content_and_options(
     assert running is not None and (running.status, running.job_id) == ("running", "job_1")
     # Read back, the journal is compacted: a line per input, no temporary file left.
     assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]
-    assert len((tmp_path / STATE_FILE).read_text().splitlines()) == 2
+    assert len((tmp_path / STATE_FILE).read_text().splitlines()) == 3  # the run's id first
 
 
 def test_a_state_line_torn_by_a_crash_is_skipped_and_the_next_line_lands_whole(
@@ -133,14 +133,17 @@ def test_an_error_answer_reads_as_the_services_code_and_message() -> None:
     assert (plain.code, plain.message) == ("http_error", "Bad Gateway")
 
 
-def test_a_jobs_idempotency_key_is_the_same_for_a_rerun_and_another_for_another_folder(
+def test_a_jobs_idempotency_key_is_the_same_for_a_rerun_and_another_for_a_fresh_folder(
     tmp_path: Path,
 ) -> None:
     entry = Entry("c.pdf", "h1", options_key({}), "running")
-    key = submit_key(tmp_path / "out", entry)
-    assert key == submit_key(tmp_path / "out", Entry("c.pdf", "h1", options_key({}), "running"))
-    assert key != submit_key(tmp_path / "elsewhere", entry)
-    assert key != submit_key(tmp_path / "out", Entry("c.pdf", "h2", options_key({}), "running"))
+    first = State(tmp_path / "out")
+    key = submit_key(first.run_id, entry)
+    assert key == submit_key(State(tmp_path / "out").run_id, entry)  # the rerun
+    assert key != submit_key(State(tmp_path / "elsewhere").run_id, entry)
+    (tmp_path / "out" / STATE_FILE).unlink()  # the folder emptied: a new run
+    assert key != submit_key(State(tmp_path / "out").run_id, entry)
+    assert key != submit_key(first.run_id, Entry("c.pdf", "h2", options_key({}), "running"))
     assert key.startswith("dsocr-") and len(key) <= 64
 
 
