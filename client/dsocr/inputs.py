@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import re
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ CONTENT_TYPES = {
     ".gif": "image/gif",
 }
 _PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
+_STREAM_START = re.compile(rb"\bstream\r?\n")
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,23 @@ def find_inputs(paths: list[str]) -> list[Input]:
 
 def page_count(data: bytes, content_type: str) -> int:
     """About how many pages a document has (for progress and the job threshold): a PDF's
-    page objects, else 1."""
+    page objects, also those packed in compressed object streams, else 1."""
     if content_type != "application/pdf":
         return 1
-    return max(1, len(_PDF_PAGE.findall(data)))
+    pages = len(_PDF_PAGE.findall(data))
+    if pages == 0:
+        pages = sum(len(_PDF_PAGE.findall(body)) for body in _object_streams(data))
+    return max(1, pages)
+
+
+def _object_streams(data: bytes) -> Iterator[bytes]:
+    """The inflated bodies of a PDF's object streams (``/Type /ObjStm``, Flate), where PDF 1.5
+    and later writers put the page objects."""
+    for start in _STREAM_START.finditer(data):
+        if b"/ObjStm" not in data[max(0, start.start() - 512) : start.start()]:
+            continue
+        end = data.find(b"endstream", start.end())
+        try:
+            yield zlib.decompressobj().decompress(data[start.end() : end], 64 * 2**20)
+        except zlib.error:
+            continue

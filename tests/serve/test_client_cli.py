@@ -39,7 +39,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     store = tmp_path_factory.mktemp("jobs") / "jobs.db"
     config = AppConfig.model_validate({
         "models": {"deepseek-ocr": {"kind": "fake", "fake": {"first_token_latency_s": 0.3}}},
-        "jobs": {"enabled": True, "store_path": str(store), "poll_interval_s": 0.2},
+        # One job page at a time: the 8-page job lasts 2.4 s, long enough to interrupt.
+        "jobs": {"enabled": True, "store_path": str(store), "poll_interval_s": 0.2,
+                 "pages_in_flight": 1},
     })  # fmt: skip
     yield start_app(config, name=APP)
     serve.shutdown()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pymupdf
 import pytest
 
 from dsocr.api import ApiError, _retry_after
@@ -54,6 +55,9 @@ def test_a_glob_and_a_named_file_of_any_type_are_read_and_nothing_matching_is_an
 
 def test_page_count_counts_a_pdfs_pages_and_an_image_as_one() -> None:
     assert page_count(text_pdf(3), "application/pdf") == 3
+    with pymupdf.open(stream=text_pdf(7), filetype="pdf") as doc:  # PDF 1.5 object streams
+        packed = doc.tobytes(garbage=3, deflate=True, use_objstms=1)
+    assert b"/ObjStm" in packed and page_count(packed, "application/pdf") == 7
     assert page_count(b"\x89PNG...", "image/png") == 1
 
 
