@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup system-deps test test-oracle test-costly lint fmt bench bench-engine bench-cpu serve k8s-config
+.PHONY: setup system-deps browser-deps test test-oracle test-costly lint fmt bench bench-engine bench-cpu serve k8s-config
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -33,6 +33,15 @@ system-deps:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $$SUDO apt-get install -y --no-install-recommends redis-server \
 	  || { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends redis-server; }; }
+
+# Debian's chromium for the web page's browser tests (tests/browser; they skip without it
+# outside CI). Playwright drives it; it never downloads a browser of its own.
+browser-deps:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y --no-install-recommends chromium \
+	  || { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }; }
 
 test: setup system-deps
 	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)

@@ -79,6 +79,10 @@ class FakeEngineConfig(_Config):
     truncate_every: int | None = Field(
         None, ge=1, description="Every n-th request stops early with finish_reason 'length'."
     )
+    extra_text: str = Field(
+        "", description="Text the fake model adds to every grounded page as a last text region "
+        "(tests: markup a viewer must show as text, never run)."
+    )  # fmt: skip
 
 
 class RapidOCRConfig(_Config):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.browsers import launched_chromium
 from tests.support import EngineSlot, LoopThread
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -62,3 +64,9 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     )
     if last:
         _ENGINE_SLOT.release()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium under Playwright (see tests/browsers.py)."""
+    yield from launched_chromium()

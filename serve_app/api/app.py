@@ -22,6 +22,7 @@ from serve_app.api.errors import error_response
 from serve_app.api.jobs import JobParams, JobsService, ResultFormat
 from serve_app.api.ocr import ocr_request_body_schema
 from serve_app.api.service import OCRService
+from serve_app.api.ui import add_ui_routes
 from serve_app.api.uploads import BodyLimitMiddleware
 from serve_app.errors import (
     ClientError,
@@ -117,7 +118,8 @@ def create_api(
         """OCR an image or PDF: multipart upload, JSON with base64 / data URL, or a raw body.
 
         Options (form fields, JSON fields or query parameters): model, task, mode, max_crops, text,
-        pages, dpi, include_regions, include_figures, include_annotated, format (json|zip),
+        pages, dpi, include_regions, include_figures, include_annotated, include_page_image,
+        format (json|zip),
         stream (one JSON line per page), max_tokens, temperature.
         """
         return await service.ocr(request)
@@ -131,6 +133,12 @@ def create_api(
 
     if jobs is not None:
         add_job_routes(api, jobs)
+    add_ui_routes(api, {
+        "api_keys": (keys or ApiKeys(())).enabled,
+        "url_inputs": service.url_inputs,
+        "jobs": jobs is not None,
+        "max_upload_bytes": service.max_upload_bytes,
+    })  # fmt: skip
     return api
 
 

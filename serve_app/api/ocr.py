@@ -39,6 +39,10 @@ class OCRParams(BaseModel):
     include_regions: bool = True
     include_figures: bool = False
     include_annotated: bool = False
+    include_page_image: bool = Field(
+        False, description="Each page's image as the model saw it (JPEG, base64): the pixels its "
+        "regions' boxes are in"
+    )  # fmt: skip
     format: Literal["json", "zip"] = "json"
     stream: bool = Field(False, description="One JSON line per finished page (NDJSON)")
     max_tokens: int | None = Field(None, ge=1)
@@ -58,6 +62,7 @@ class OCRParams(BaseModel):
             include_regions=self.include_regions,
             include_figures=self.include_figures or self.format == "zip",
             include_annotated=self.include_annotated or self.format == "zip",
+            include_page_image=self.include_page_image,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
         )

@@ -35,9 +35,16 @@ JOB_RESULT = Route("/v1/jobs/{job_id}/result")
 JOB_PAGE = Route("/v1/jobs/{job_id}/pages/{number}")
 JOB_CANCEL = Route("/v1/jobs/{job_id}/cancel")
 DOCS = (Route("/docs"), Route("/docs/oauth2-redirect"), Route("/redoc"), Route("/openapi.json"))
+# The web page and its files are open: a browser fetches them before the person types a key;
+# every call the page makes is checked as any other.
+ROOT = Route("/", open=True)
+UI_PAGE = Route("/ui/", open=True)
+UI_SETTINGS = Route("/ui/settings", open=True)
+UI = (ROOT, Route("/ui", open=True), UI_PAGE, UI_SETTINGS,
+      Route("/ui/app.js", open=True), Route("/ui/app.css", open=True))  # fmt: skip
 
 ROUTES = (HEALTH, READY, MODELS, OCR, CHAT, JOBS, JOB, JOB_EVENTS, JOB_RESULT, JOB_PAGE,
-          JOB_CANCEL, *DOCS)  # fmt: skip
+          JOB_CANCEL, *DOCS, *UI)  # fmt: skip
 
 OPEN_PATHS = frozenset(route.path for route in ROUTES if route.open)
 ADMITTED_PATHS = frozenset(route.path for route in ROUTES if route.admitted)

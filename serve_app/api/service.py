@@ -56,6 +56,10 @@ class OCRService:
     def max_upload_bytes(self) -> int:
         return self._config.max_upload_bytes
 
+    @property
+    def url_inputs(self) -> bool:
+        return self._config.url_fetch.enabled
+
     def models(self) -> list[dict[str, Any]]:
         """``/v1/models`` entries, the default model first, each with the tasks it can do."""
         names = sorted(self.door.models, key=lambda name: name != self.door.default)

@@ -27,6 +27,7 @@ from serve_app.core.markdown import (
 
 FIGURE_JPEG_QUALITY = 90
 LAYOUT_JPEG_QUALITY = 95
+PAGE_JPEG_QUALITY = 85  # the page itself, for a viewer to draw boxes on
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class PageResult:
     markdown: str
     figures: tuple[Figure, ...] = ()
     annotated_jpeg: bytes | None = None
+    page_jpeg: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ def postprocess_page(
     labels_are_text: bool = False,
     with_figures: bool = False,
     with_annotated: bool = False,
+    with_page_image: bool = False,
 ) -> PageResult:
     """Parse one page's model output and derive its markdown, figure crops and annotation.
 
@@ -85,13 +88,14 @@ def postprocess_page(
         labels_are_text: See :func:`serve_app.core.markdown.page_markdown`.
         with_figures: Crop figure regions (requires ``image``).
         with_annotated: Draw the regions onto a copy of the page (requires ``image``).
+        with_page_image: Keep the page itself as a JPEG (requires ``image``).
 
     Raises:
         ValueError: If crops or annotation are asked for without the image, or the image size
             differs from ``size``.
     """
-    if (with_figures or with_annotated) and image is None:
-        raise ValueError("figure crops and annotated pages need the page image")
+    if (with_figures or with_annotated or with_page_image) and image is None:
+        raise ValueError("figure crops, annotated pages and the page's JPEG need the page image")
     if image is not None and image.size != size:
         raise ValueError(f"image is {image.size}, but size says {size}")
     grounded = parse_grounded(raw_text)
@@ -111,6 +115,9 @@ def postprocess_page(
     annotated = None
     if with_annotated and image is not None:
         annotated = encode_jpeg(annotate(image, grounded), LAYOUT_JPEG_QUALITY)
+    page_jpeg = None
+    if with_page_image and image is not None:
+        page_jpeg = encode_jpeg(image, PAGE_JPEG_QUALITY)
     return PageResult(
         number=page_number,
         width=width,
@@ -120,6 +127,7 @@ def postprocess_page(
         markdown=page_markdown(grounded, page_number=page_number, labels_are_text=labels_are_text),
         figures=figures,
         annotated_jpeg=annotated,
+        page_jpeg=page_jpeg,
     )
 
 

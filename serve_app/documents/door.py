@@ -52,6 +52,7 @@ class RequestFields:
     include_regions: bool = True
     include_figures: bool = False
     include_annotated: bool = False
+    include_page_image: bool = False
     max_tokens: int | None = None
     temperature: float | None = None
 
@@ -171,6 +172,7 @@ def resolve_options(
         include_regions=fields.include_regions,
         include_figures=fields.include_figures,
         include_annotated=fields.include_annotated,
+        include_page_image=fields.include_page_image,
         max_tokens=fields.max_tokens,
         temperature=fields.temperature,
     )

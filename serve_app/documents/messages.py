@@ -47,13 +47,14 @@ class OCROptions:
     include_regions: bool = True
     include_figures: bool = False
     include_annotated: bool = False
+    include_page_image: bool = False
     max_tokens: int | None = None
     temperature: float | None = None
     return_tokens: bool = False
 
     @property
     def needs_page_image(self) -> bool:
-        return self.include_figures or self.include_annotated
+        return self.include_figures or self.include_annotated or self.include_page_image
 
     @property
     def mode_label(self) -> str:

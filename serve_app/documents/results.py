@@ -65,6 +65,8 @@ def page_json(report: PageReport, options: OCROptions) -> dict[str, Any]:
         ]
     if options.include_annotated and result.annotated_jpeg is not None:
         out["annotated_image_base64"] = base64.b64encode(result.annotated_jpeg).decode()
+    if options.include_page_image and result.page_jpeg is not None:
+        out["page_image_base64"] = base64.b64encode(result.page_jpeg).decode()
     return out
 
 
@@ -129,6 +131,7 @@ def zip_bytes(
     for page in summary["pages"]:
         page.pop("figures", None)
         page.pop("annotated_image_base64", None)
+        page.pop("page_image_base64", None)
     return bundle_zip(
         [r.outcome for r in reports],
         dpi=options.dpi if info.kind == "pdf" else 72,

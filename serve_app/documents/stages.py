@@ -190,6 +190,7 @@ class Postprocessor:
                 labels_are_text=options.labels_are_text,
                 with_figures=options.include_figures and image is not None,
                 with_annotated=options.include_annotated and image is not None,
+                with_page_image=options.include_page_image and image is not None,
             )
             tracing.set_attributes(span, {
                 "ocr.regions": len(result.grounded.regions),

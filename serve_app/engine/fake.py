@@ -27,8 +27,9 @@ VOCAB_SIZE = 272
 _TOKEN_RE_SPLIT = 4  # characters per fake token
 
 
-def scripted_output(request: GenerateRequest) -> str:
-    """The fake model's full answer for a request (before ``max_tokens`` is applied)."""
+def scripted_output(request: GenerateRequest, extra_text: str = "") -> str:
+    """The fake model's full answer for a request (before ``max_tokens`` is applied);
+    ``extra_text`` is a last text region of a grounded answer."""
     image = request.image
     assert isinstance(image, PreparedImage)
     head = f"Page {image.width}x{image.height}, grid {image.grid[0]}x{image.grid[1]}"
@@ -45,7 +46,9 @@ def scripted_output(request: GenerateRequest) -> str:
         "<|ref|>table<|/ref|><|det|>[[60, 720, 940, 900]]<|/det|>\n"
         "<table><tr><td>mode</td><td>tokens</td></tr>"
         f"<tr><td>{image.mode.name}</td><td>{image.num_image_tokens}</td></tr></table>\n"
-    )
+        + (f"\n<|ref|>text<|/ref|><|det|>[[60, 920, 940, 980]]<|/det|>\n{extra_text}\n"
+           if extra_text else "")
+    )  # fmt: skip
 
 
 def _tokens(text: str) -> list[str]:
@@ -129,7 +132,7 @@ class FakeEngine:
             number = self._requests
             if self._config.fail_every and number % self._config.fail_every == 0:
                 raise GenerationError(f"injected failure on request {number}")
-            tokens = _tokens(scripted_output(request))
+            tokens = _tokens(scripted_output(request, self._config.extra_text))
             limit = request.max_tokens or self._sampling.max_tokens
             if self._config.truncate_every and number % self._config.truncate_every == 0:
                 limit = min(limit, max(1, len(tokens) // 4))

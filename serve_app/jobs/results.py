@@ -99,9 +99,9 @@ def result_zip(job: Job, pages: Sequence[dict[str, Any]], dpi: int) -> bytes:
     """The ZIP ``/v1/ocr?format=zip`` answers, from the stored pages (figures and annotated
     pages as far as the job asked for them). CPU-heavy: call it off the event loop."""
     summary = result_json(job, pages)
+    inline = ("figures", "annotated_image_base64", "page_image_base64")
     summary["pages"] = [
-        {k: v for k, v in page.items() if k not in ("figures", "annotated_image_base64")}
-        for page in summary["pages"]
+        {k: v for k, v in page.items() if k not in inline} for page in summary["pages"]
     ]
     outcomes = [page_outcome(page) for page in _in_order(pages)]
     return bundle_zip(

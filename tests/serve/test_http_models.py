@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 from serve_app.config import AppConfig
 from serve_app.testing.docset import Case, exif_jpeg_case, pdf_cases, png_case, text_page
 from serve_app.testing.serve import start_app
+from tests.browsers import Console, box_of, wait_for_status
 
 pytestmark = pytest.mark.serve
 
@@ -207,3 +209,35 @@ def test_locate_finds_the_line_with_the_phrase(client: httpx.Client) -> None:
     (line,) = [line for line in case.pages[0].lines if "twelve" in line.text]
     (word,) = [word for word in line.words if word.text == "twelve"]
     assert inside(word.ink, region["boxes"][0])
+
+
+def test_the_web_page_draws_the_cpu_engines_boxes_over_its_words(
+    client: httpx.Client, browser: Any, tmp_path: Path
+) -> None:
+    (case,) = [c for c in cases() if c.name == "png"]
+    (truth,) = case.pages
+    upload = tmp_path / case.filename
+    upload.write_bytes(case.data)
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    console = Console(page)
+    page.goto(f"{client.base_url}/ui/")
+    page.wait_for_selector("#model option[value='rapidocr']", state="attached")
+    assert page.is_hidden("#key-row")  # no keys configured
+    page.select_option("#task", "ocr")  # a region per line
+    page.set_input_files("#file", str(upload))
+    page.click("#send")
+    wait_for_status(page, "Done: 1", timeout_s=120)
+    image = box_of(page.query_selector(".frame img"))
+    scale = image["width"] / truth.width
+    drawn = [box_of(rect) for rect in page.query_selector_all("g.region rect")]
+    assert len(drawn) == len(truth.lines)
+    for word in truth.words:
+        x0, y0, x1, y1 = (image["x"] + word.ink[0] * scale, image["y"] + word.ink[1] * scale,
+                          image["x"] + word.ink[2] * scale, image["y"] + word.ink[3] * scale)  # fmt: skip
+        assert any(box["x"] - 2 <= x0 and box["y"] - 2 <= y0
+                   and x1 <= box["x"] + box["width"] + 2 and y1 <= box["y"] + box["height"] + 2
+                   for box in drawn), f"{word.text!r} at {word.ink} is outside every box"  # fmt: skip
+    assert "Northwind" in page.inner_text(".markdown")
+    assert console.errors == []
+    context.close()

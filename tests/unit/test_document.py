@@ -50,6 +50,17 @@ def test_postprocess_page_crops_figures_named_as_linked() -> None:
     assert diff.mean() < 40
 
 
+def test_the_page_image_is_the_page_the_boxes_are_in_not_the_annotated_copy() -> None:
+    image = noise_rgb(1000, 800, seed=4)
+    result = postprocess_page(RAW, page_number=1, size=image.size, image=image,
+                              with_page_image=True)  # fmt: skip
+    assert result.page_jpeg is not None and result.annotated_jpeg is None
+    decoded = np.asarray(Image.open(io.BytesIO(result.page_jpeg)), np.int16)
+    assert decoded.shape == (800, 1000, 3)
+    assert np.abs(decoded - np.asarray(image, np.int16)).mean() < 40  # no boxes drawn on it
+    assert postprocess_page(RAW, page_number=1, size=image.size, image=image).page_jpeg is None
+
+
 def test_postprocess_without_image_still_gives_markdown_and_boxes() -> None:
     result = postprocess_page(RAW, page_number=1, size=(1000, 800))
     assert result.figures == () and result.annotated_jpeg is None

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import zipfile
 from collections.abc import Iterator
 
 import httpx
 import pymupdf
 import pytest
+from PIL import Image
 
 from serve_app.config import AppConfig
 from serve_app.errors import NotReadyError
@@ -121,3 +123,41 @@ def test_bad_options_never_reach_a_stage(client: httpx.Client) -> None:
                     headers={"content-type": "application/pdf"})  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["param"] == "text"
     assert r.headers["x-request-id"]
+
+
+def test_the_web_page_is_served_with_its_files_and_a_policy_that_runs_only_its_own_script(
+    client: httpx.Client,
+) -> None:
+    for path in ("/", "/ui"):
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 307 and r.headers["location"] == "ui/"
+    page = client.get("/ui/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "default-src 'none'" in policy
+    assert '<script src="app.js" defer></script>' in page.text
+    # Nothing loaded from elsewhere: every src and href is the page's own file or inline.
+    assert re.findall(r'(?:src|href)="([^"]*)"', page.text) == ["data:,", "app.css", "app.js"]
+    for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
+        r = client.get(f"/ui/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
+        own = r.text.replace("http://www.w3.org/2000/svg", "")  # a namespace, not a fetch
+        assert "https://" not in own and "http://" not in own
+    assert client.get("/ui/settings").json() == {
+        "api_keys": False, "url_inputs": False, "jobs": False, "max_upload_bytes": 50 * 2**20}  # fmt: skip
+    assert client.get("/ui/../serve_app/config.py").status_code == 404
+
+
+def test_the_page_image_comes_at_the_size_its_boxes_are_in(client: httpx.Client) -> None:
+    png = encode(noise_rgb(900, 500, seed=6))
+    r = client.post("/v1/ocr", params={"include_page_image": "true"},
+                    files={"file": ("p.png", png, "image/png")})  # fmt: skip
+    (page,) = r.json()["pages"]
+    image = Image.open(io.BytesIO(base64.b64decode(page["page_image_base64"])))
+    assert (
+        (image.format, image.size)
+        == ("JPEG", (page["width"], page["height"]))
+        == ("JPEG", (900, 500))
+    )
+    plain = client.post("/v1/ocr", files={"file": ("p.png", png, "image/png")}).json()
+    assert "page_image_base64" not in plain["pages"][0]
