@@ -66,7 +66,9 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         _ENGINE_SLOT.release()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Debian Chromium under Playwright (see tests/browsers.py)."""
+    """Headless Debian Chromium under Playwright (see tests/browsers.py). Per module: while
+    Playwright's sync API runs, its event loop is this thread's, and ``asyncio.run`` in any
+    later test would fail."""
     yield from launched_chromium()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -85,22 +86,38 @@ def ocr(
     console = Console(stderr=True)
     bars = log_format is LogFormat.auto and console.is_terminal
 
+    stopping = asyncio.Event()
+
     async def go() -> list[Outcome]:
+        # Ctrl-C: stop starting documents and cancel those at work (the journal keeps what is
+        # done and the running jobs' ids). A handler of our own, not asyncio.run's: an HTTP
+        # library that turns the cancellation into an error of its own must not end the run
+        # as if it had finished.
+        main = asyncio.current_task()
+        assert main is not None
+
+        def interrupted() -> None:
+            stopping.set()
+            main.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted)
         api = Api(server, api_key)
         try:
             if bars:
                 with BarReporter(console) as reporter:
-                    return await run_batch(api, inputs, out, options, reporter)
+                    return await run_batch(api, inputs, out, options, reporter, stopping)
             lines = LineReporter(as_json=log_format is LogFormat.json)
-            return await run_batch(api, inputs, out, options, lines)
+            return await run_batch(api, inputs, out, options, lines, stopping)
         finally:
             await api.close()
 
     try:
         outcomes = asyncio.run(go())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        stopping.set()
+    if stopping.is_set():
         console.print("interrupted: run the same command again to continue where this stopped")
-        raise typer.Exit(130) from None
+        raise typer.Exit(130)
     failed = [o for o in outcomes if o.status in ("failed", "kept")]
     done = sum(o.pages for o in outcomes if o.status in ("done", "skipped"))
     console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} documents done "

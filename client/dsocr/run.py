@@ -53,18 +53,28 @@ class DocumentFailedError(Exception):
 
 
 async def run_batch(
-    api: Api, inputs: list[Input], out: Path, options: RunOptions, reporter: Reporter
+    api: Api,
+    inputs: list[Input],
+    out: Path,
+    options: RunOptions,
+    reporter: Reporter,
+    stopping: asyncio.Event | None = None,
 ) -> list[Outcome]:
     """Read every input, ``options.concurrency`` at the service at a time; the outcome of
     each. A document's file is read and checked before its turn and its outputs written
     after it, so the turns go to the service's work; twice as many documents as turns are
-    held at once, at most."""
+    held at once, at most. Once ``stopping`` is set (Ctrl-C) no document starts, and one
+    whose call fails meanwhile is left as it was recorded (a job stays ``running``), not
+    recorded as failed: the run ends cancelled."""
     state = State(out)
     held, turns = asyncio.Semaphore(2 * options.concurrency), asyncio.Semaphore(options.concurrency)
+    stopping = stopping or asyncio.Event()
 
     async def one(item: Input) -> Outcome:
         async with held:
-            return await read_one(api, item, out, options, state, reporter, turns)
+            if stopping.is_set():
+                raise asyncio.CancelledError
+            return await read_one(api, item, out, options, state, reporter, turns, stopping)
 
     return list(await asyncio.gather(*(one(item) for item in inputs)))
 
@@ -77,6 +87,7 @@ async def read_one(
     state: State,
     reporter: Reporter,
     turns: asyncio.Semaphore,
+    stopping: asyncio.Event,
 ) -> Outcome:
     data = await asyncio.to_thread(item.path.read_bytes)
     digest, opts = sha256(data), options_key(options.params)
@@ -106,6 +117,8 @@ async def read_one(
             else:
                 answer = await _streamed(api, item, data, options, reporter)
         except (ApiError, DocumentFailedError, httpx.HTTPError) as error:
+            if stopping.is_set():  # the interrupt, arriving as a broken call
+                raise asyncio.CancelledError from error
             outcome.error = str(error) or type(error).__name__
     if answer is not None:
         try:
