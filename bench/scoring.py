@@ -7,12 +7,15 @@ case-sensitive unless ``ignore_case`` is set (then both sides are case-folded).
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 Box = Sequence[float]
+WORD = re.compile(r"\w+")
 
 
 def normalize(text: str, *, ignore_case: bool = False) -> str:
@@ -62,6 +65,19 @@ def cer(ref: str, hyp: str, *, ignore_case: bool = False) -> float:
 def wer(ref: str, hyp: str, *, ignore_case: bool = False) -> float:
     """Word error rate: edits / reference words (empty reference as in :func:`cer`)."""
     return _rate(*word_errors(ref, hyp, ignore_case=ignore_case))
+
+
+def word_recall(ref: str, hyp: str) -> tuple[int, int]:
+    """``(true words found, true words)``: words are runs of letters and digits, counted as a
+    multiset (a word twice in the truth must be read twice), in any order."""
+    found = Counter(WORD.findall(hyp))
+    truth = Counter(WORD.findall(ref))
+    return sum((truth & found).values()), sum(truth.values())
+
+
+def unordered_char_errors(ref: str, hyp: str) -> tuple[int, int]:
+    """:func:`char_errors` of both texts' words sorted: what was read, whatever the order."""
+    return char_errors(" ".join(sorted(ref.split())), " ".join(sorted(hyp.split())))
 
 
 def _rate(edits: int, length: int) -> float:

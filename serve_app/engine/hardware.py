@@ -64,6 +64,36 @@ def _bf16(hardware: Hardware) -> str:
     return f"{hardware.name} has {'native' if hardware.native_bf16 else 'no native'} bfloat16"
 
 
+OCRBackend = Literal["onnxruntime", "openvino"]
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    backend: OCRBackend
+    reason: str
+
+
+def choose_ocr_backend(
+    setting: OCRBackend | Literal["auto"], hardware: Hardware, openvino_installed: bool
+) -> BackendChoice:
+    """The CPU OCR engine's runtime: an explicit setting wins; ``auto`` takes OpenVINO where
+    the CPU computes bfloat16 natively (OpenVINO then runs the models in bf16), onnxruntime
+    elsewhere (in float32 the two were equally fast).
+
+    >>> choose_ocr_backend("auto", Hardware("cpu", "AVX512", native_bf16=True), True).backend
+    'openvino'
+    >>> choose_ocr_backend("auto", Hardware("cpu", "AVX2", native_bf16=False), True).backend
+    'onnxruntime'
+    """
+    if setting != "auto":
+        return BackendChoice(setting, f"set explicitly ({_bf16(hardware)})")
+    if hardware.native_bf16 and openvino_installed:
+        return BackendChoice("openvino", f"auto: {_bf16(hardware)}")
+    if hardware.native_bf16:
+        return BackendChoice("onnxruntime", f"auto: {_bf16(hardware)}, OpenVINO not installed")
+    return BackendChoice("onnxruntime", f"auto: {_bf16(hardware)}")
+
+
 SMALL_MACHINE_CORES = 4
 
 
@@ -110,6 +140,15 @@ def probe_hardware(device: Literal["cuda", "cpu"], nvml: Any = None) -> Hardware
     else:
         native = "bf16" in _cpu_flags()
     return Hardware("cpu", f"CPU ({capability})", native_bf16=native)
+
+
+def probe_cpu_flags() -> Hardware:
+    """This CPU from its feature flags alone (no torch import: the CPU OCR engine's replica
+    does not load torch): native bfloat16 means AVX-512 BF16 or AMX (x86) or BF16 (Arm)."""
+    flags = _cpu_flags()
+    native = bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    isa = "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else platform.machine()
+    return Hardware("cpu", f"CPU ({isa})", native_bf16=native)
 
 
 def _probe_gpu(nvml: Any, visible: str | None) -> Hardware:

@@ -12,10 +12,13 @@ page's mean line confidence) and prompts count 0.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import math
+import queue
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,11 +28,35 @@ from serve_app.core.gate import PriorityGate
 from serve_app.core.prompts import IMAGE_PLACEHOLDER
 from serve_app.core.text_lines import from_quads, lines_output, reading_order
 from serve_app.core.tiling import PageImage
+from serve_app.engine.hardware import choose_ocr_backend, probe_cpu_flags
 from serve_app.engine.in_flight import InFlight
 from serve_app.engine.protocol import FinishReason, GenerateRequest, GenerateUpdate
 from serve_app.errors import GenerationError, InvalidInputError, NotReadyError
 
 logger = logging.getLogger("ray.serve")
+
+
+def _warm_up_page() -> np.ndarray:
+    """A line of text, so the first page loads both models (the recogniser loads lazily)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (320, 64), "white")
+    ImageDraw.Draw(image).text((10, 16), "Warm up 123", fill="black", font_size=28)
+    return np.asarray(image)[:, :, ::-1].copy()
+
+
+def _openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _shipped_model(task: str) -> Path:
+    """The ``det`` or ``rec`` ONNX model inside the rapidocr wheel."""
+    import rapidocr
+
+    found = sorted(Path(rapidocr.__file__).parent.joinpath("models").glob(f"*_{task}_*.onnx"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one {task} model in the rapidocr wheel, found {found}")
+    return found[0]
 
 
 class RapidOCREngine:
@@ -44,40 +71,60 @@ class RapidOCREngine:
 
     def __init__(self, config: RapidOCRConfig) -> None:
         self._config = config
-        self._ocr: Any = None
+        self._readers: queue.SimpleQueue[Any] | None = None
         self._turns = PriorityGate(config.pages_at_once)
         self._running = InFlight()
         self._reads: dict[asyncio.Future[tuple[str, float]], str] = {}  # thread -> request id
 
     async def start(self) -> None:
-        self._ocr = await asyncio.to_thread(self._load)
+        self._readers = await asyncio.to_thread(self._load)
 
-    def _load(self) -> Any:
-        from rapidocr import RapidOCR
+    def _load(self) -> queue.SimpleQueue[Any]:
+        """The page readers: one shared by every turn on onnxruntime (its sessions are
+        thread-safe), one per turn on OpenVINO (a reader holds one infer request)."""
+        from rapidocr import EngineType, RapidOCR
 
+        hardware = probe_cpu_flags()
+        choice = choose_ocr_backend(self._config.backend, hardware, _openvino_installed())
         # Default model choices only: other versions or types are downloaded from the network.
-        ocr = RapidOCR(
-            params={
-                "Global.log_level": "error",
-                "Global.use_cls": self._config.turn_lines,
-                "EngineConfig.onnxruntime.intra_op_num_threads": self._config.threads,
-                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
-                "Det.limit_type": "max",
-                "Det.limit_side_len": self._config.max_side,
-            }
-        )
+        params: dict[str, Any] = {
+            "Global.log_level": "error",
+            "Global.use_cls": self._config.turn_lines,
+            "EngineConfig.onnxruntime.intra_op_num_threads": self._config.threads,
+            "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+            "Det.limit_type": "max",
+            "Det.limit_side_len": self._config.max_side,
+        }
+        if choice.backend == "openvino":
+            # The wheel's ONNX files, read by OpenVINO (its own model names would download).
+            det, rec = _shipped_model("det"), _shipped_model("rec")
+            params |= {
+                "Det.engine_type": EngineType.OPENVINO, "Det.model_path": str(det),
+                "Rec.engine_type": EngineType.OPENVINO, "Rec.model_path": str(rec),
+                "EngineConfig.openvino.inference_num_threads": self._config.threads,
+                "EngineConfig.openvino.performance_hint": "LATENCY",
+            }  # fmt: skip
+        turns = self._config.pages_at_once
+        count = turns if choice.backend == "openvino" else 1
         start = time.perf_counter()
-        ocr(np.full((64, 256, 3), 255, np.uint8))  # loads the models now, not on the first page
+        loaded = []
+        for _ in range(count):
+            loaded.append(RapidOCR(params=params))
+            loaded[-1](_warm_up_page())  # loads the models now, not on the first page
+        readers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for turn in range(turns):  # a reader per turn, shared round the turns if fewer
+            readers.put(loaded[turn % count])
         logger.info(
-            "Engine start: kind=rapidocr threads=%d pages_at_once=%d max_side=%d min_score=%.2f "
-            "turn_lines=%s (models loaded in %.1f s)", self._config.threads,
-            self._config.pages_at_once, self._config.max_side, self._config.min_score,
-            self._config.turn_lines, time.perf_counter() - start,
+            "Engine start: kind=rapidocr backend=%s (%s) threads=%d pages_at_once=%d "
+            "max_side=%d min_score=%.2f turn_lines=%s (%d reader(s) loaded in %.1f s)",
+            choice.backend, choice.reason, self._config.threads, self._config.pages_at_once,
+            self._config.max_side, self._config.min_score, self._config.turn_lines, count,
+            time.perf_counter() - start,
         )  # fmt: skip
-        return ocr
+        return readers
 
     def is_ready(self) -> bool:
-        return self._ocr is not None
+        return self._readers is not None
 
     def num_unfinished(self) -> int:
         return len(self._running.ids() | set(self._reads.values()))
@@ -87,10 +134,10 @@ class RapidOCREngine:
 
     async def shutdown(self) -> None:
         self._running.abort_all()
-        self._ocr = None
+        self._readers = None
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateUpdate]:
-        if self._ocr is None:
+        if self._readers is None:
             raise NotReadyError("the engine is still starting")
         if not request.prompt.startswith(IMAGE_PLACEHOLDER):
             raise InvalidInputError("the prompt must start with the <image> placeholder")
@@ -144,12 +191,16 @@ class RapidOCREngine:
     def _read(self, request: GenerateRequest) -> tuple[str, float]:
         """The page's answer for the request's task, and the mean confidence of its lines."""
         image = request.image
-        assert isinstance(image, PageImage)
+        assert isinstance(image, PageImage) and self._readers is not None
+        readers = self._readers
+        ocr = readers.get_nowait()  # never empty: a read holds one of the turns
         try:
             # rapidocr takes numpy images in OpenCV's BGR order.
-            result = self._ocr(np.ascontiguousarray(image.pixels[:, :, ::-1]))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime and OpenCV raise many types
+            result = ocr(np.ascontiguousarray(image.pixels[:, :, ::-1]))
+        except Exception as exc:  # noqa: BLE001 - the runtimes and OpenCV raise many types
             raise GenerationError(f"rapidocr failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            readers.put(ocr)
         if result.boxes is None:
             return "", 1.0
         found = from_quads(result.boxes, result.txts, result.scores)

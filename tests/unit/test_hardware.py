@@ -84,6 +84,30 @@ def test_probe_of_this_machine_agrees_with_torch() -> None:
         assert not probed.native_bf16
 
 
+@pytest.mark.parametrize(
+    ("device", "installed", "expected"),
+    [(AVX512_BF16, True, "openvino"), (AVX512_BF16, False, "onnxruntime"),
+     (AVX2, True, "onnxruntime")],
+)  # fmt: skip
+def test_the_ocr_backend_is_openvino_only_where_it_runs_bf16(
+    device: Hardware, installed: bool, expected: str
+) -> None:
+    assert hardware.choose_ocr_backend("auto", device, installed).backend == expected
+    assert hardware.choose_ocr_backend("onnxruntime", device, installed).backend == "onnxruntime"
+
+
+@pytest.mark.parametrize(
+    ("flags", "native", "isa"),
+    [("fpu avx2 avx512f avx512_bf16", True, "AVX512"), ("fpu avx2 avx512f", False, "AVX512"),
+     ("fpu avx2 amx_bf16 amx_tile", True, "AVX2"), ("fpu avx2", False, "AVX2")],
+)  # fmt: skip
+def test_cpu_flags_say_whether_bf16_is_native(
+    monkeypatch: pytest.MonkeyPatch, flags: str, native: bool, isa: str
+) -> None:
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: set(flags.split()))
+    assert hardware.probe_cpu_flags() == Hardware("cpu", f"CPU ({isa})", native_bf16=native)
+
+
 def test_largest_page_of_each_family() -> None:
     # Gundam with max_crops 9 as a 1x9 column of tiles: 273 + (10*9)*(10*1+1).
     assert max_image_tokens(ModelFamily.OCR1) == get_mode("gundam").num_image_tokens((1, 9))

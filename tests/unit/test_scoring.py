@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from bench import scoring
 from bench.scoring import (
     box_iou,
     cer,
@@ -105,3 +106,13 @@ def test_word_containment_with_a_pixel_tolerance() -> None:
     assert word_containment(words, lines, tolerance=0.5) == 0.0
     assert word_containment(words, [(0, 0, 60, 10)], tolerance=0) == 1.0
     assert word_containment([], lines) == 1.0
+
+
+def test_word_recall_counts_each_true_word_as_often_as_it_occurs() -> None:
+    # "the" twice in the truth, read once; "cat" misread; order does not matter.
+    assert scoring.word_recall("the cat and the dog", "dog the and cot") == (3, 5)
+
+
+def test_unordered_errors_ignore_the_order_of_words_but_not_their_letters() -> None:
+    assert scoring.unordered_char_errors("alpha beta gamma", "gamma alpha beta") == (0, 16)
+    assert scoring.unordered_char_errors("alpha beta", "beta alpah")[0] == 2

@@ -31,19 +31,109 @@ def test_from_quads_takes_the_bounding_box_of_a_tilted_quad() -> None:
     assert found == TextLine((10.0, 18.0, 201.0, 44.0), "tilted", 0.9)
 
 
+TEXT = "words of running text in a column"  # long enough to be a text column's line
+
+
+def column(
+    name: str, x1: float, x2: float, y0: float, count: int, pitch: float = 30
+) -> list[TextLine]:
+    return [line(f"{name} {n} {TEXT}", x1, y0 + pitch * n, x2, y0 + pitch * n + 20)
+            for n in range(count)]  # fmt: skip
+
+
 def test_title_then_two_columns_then_footer() -> None:
     title = line("Title", 100, 20, 900, 60)
-    left = [line(f"left {n}", 100, 100 + 30 * n, 480, 120 + 30 * n) for n in range(4)]
+    left = column("left", 100, 480, 100, 4)
     # The right column's lines sit at the same heights as the left one's.
-    right = [line(f"right {n}", 520, 100 + 30 * n, 900, 120 + 30 * n) for n in range(4)]
+    right = column("right", 520, 900, 100, 4)
     footer = line("Footer", 100, 700, 900, 730)
     shuffled = [right[2], footer, left[1], title, right[0], left[3], right[3], left[0], right[1],
                 left[2]]  # fmt: skip
 
     ordered = texts(reading_order(shuffled, W))
 
-    assert ordered == ["Title", *(f"left {n}" for n in range(4)),
-                       *(f"right {n}" for n in range(4)), "Footer"]  # fmt: skip
+    assert ordered == texts([title, *left, *right, footer])
+
+
+def test_a_wide_caption_between_columns_cuts_them_into_sections() -> None:
+    # Two columns, a full-width figure caption, two columns again: the first pair is read
+    # to its end, then the caption, then the second pair; a running head and page number
+    # come first and last.
+    head = [line("Running head of the journal", 100, 5, 400, 20), line("7", 880, 5, 900, 20)]
+    top = column("top-left", 100, 480, 60, 5) + column("top-right", 520, 900, 60, 5)
+    caption = line("Figure 1: a caption as wide as the page", 100, 220, 900, 240)
+    low = column("low-left", 100, 480, 260, 6) + column("low-right", 520, 900, 260, 6)
+    number = line("12", 490, 760, 510, 775)
+    page = [*low, number, caption, *reversed(top), *head]
+
+    ordered = texts(reading_order(page, W))
+
+    assert ordered == texts([*head, *top, caption, *low, number])
+
+
+def test_code_running_into_the_gutter_stays_in_its_column() -> None:
+    left = column("left", 100, 480, 100, 6)
+    left[2] = line(f"\\documentclass[sigconf, language=english] {TEXT}", 100, 160, 508, 180)
+    right = column("right", 520, 900, 100, 6)
+
+    assert texts(reading_order(right + left, W)) == texts(left + right)
+
+
+def test_three_columns_are_read_one_after_the_other() -> None:
+    columns = [column(f"c{n}", 60 + 300 * n, 330 + 300 * n, 100, 5) for n in range(3)]
+    shuffled = [item for row in zip(*reversed(columns), strict=True) for item in row]
+
+    assert texts(reading_order(shuffled, W)) == texts([item for c in columns for item in c])
+
+
+def test_line_numbers_in_the_margin_are_read_with_their_lines() -> None:
+    numbers = [line(str(n + 1), 40, 100 + 30 * n, 60, 120 + 30 * n) for n in range(5)]
+    body = column("body", 100, 900, 100, 5)
+
+    ordered = texts(reading_order(body + numbers, W))
+
+    assert ordered == [text for pair in zip(texts(numbers), texts(body), strict=True)
+                       for text in pair]  # fmt: skip
+
+
+def reference_list(x1: float, x2: float, first: int) -> list[TextLine]:
+    """Three references with hanging indents: a number, then lines indented under it."""
+    out = []
+    y = 100
+    for n in range(first, first + 3):
+        out.append(
+            line(f"[{n}] A. Author and B. Author. 2020. A title of a paper", x1, y, x2, y + 20)
+        )
+        out.append(
+            line("in the proceedings of a conference, pages 1-10,", x1 + 30, y + 22, x2, y + 42)
+        )
+        out.append(line("ACM Press.", x1 + 30, y + 44, x1 + 150, y + 64))
+        y += 70
+    return out  # fmt: skip
+
+
+def test_a_two_column_reference_list_reads_each_column_and_each_reference_whole() -> None:
+    left, right = reference_list(100, 480, 1), reference_list(520, 900, 4)
+    shuffled = sorted(left + right, key=lambda item: (item.box[1], -item.box[0]))
+
+    ordered = reading_order(shuffled, W)
+    blocks = paragraphs(ordered)
+
+    assert texts(ordered) == texts(left + right)
+    assert [block.text.split()[0] for block in blocks] == [f"[{n}]" for n in range(1, 7)]
+    assert blocks[0].text.endswith("pages 1-10, ACM Press.")
+
+
+def test_indented_paragraphs_split_at_each_indent() -> None:
+    para = [line("    The first paragraph starts indented and", 130, 100, 480, 120),
+            line("runs on over full lines to its end, which", 100, 122, 480, 142),
+            line("is short.", 100, 144, 200, 164),
+            line("    A second paragraph starts indented too", 130, 166, 480, 186),
+            line("and ends here.", 100, 188, 300, 208)]  # fmt: skip
+
+    blocks = paragraphs(para)
+
+    assert [block.text.split()[1] for block in blocks] == ["first", "second"]
 
 
 def test_a_table_of_three_columns_is_read_row_by_row() -> None:
