@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup system-deps browser-deps test test-oracle test-costly lint fmt bench bench-engine bench-cpu serve k8s-config
+.PHONY: setup system-deps browser-deps test test-oracle test-costly lint fmt bench bench-engine bench-cpu bench-tesseract serve k8s-config
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -70,7 +70,17 @@ bench: setup
 	$(PY) -m bench.serve
 	$(PY) -m bench.memory
 	$(PY) -m bench.load
-	$(PY) -m bench.cpu_ocr
+	$(PY) -m bench.cpu_ocr sides
+
+# The CPU OCR engine against Debian's tesseract on 31 real pages (apt-get: tesseract, and the
+# two documentation packages the pages come from; about 4 minutes on 2 cores).
+bench-tesseract: setup
+	@command -v tesseract >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-eng \
+	  || { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-eng; }; }
+	$(PY) -m bench.cpu_ocr $(BENCH_ARGS)
 
 # Starts two real engines in turn (several minutes on a 2-core machine).
 bench-engine: setup

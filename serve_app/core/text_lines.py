@@ -21,14 +21,14 @@ from serve_app.core.prompts import Task
 MIN_GUTTER = 0.008
 # Side-by-side groups are a table's columns (read row by row), not text columns, when there
 # are more than MAX_TEXT_COLUMNS, or one is narrower than MIN_COLUMN_WIDTH of their joint
-# width (a table's key column, line numbers in the margin), or its lines are short: a median
-# under MIN_COLUMN_CHARS characters (a table's cells).
+# width (a table's key column, line numbers in the margin), or has no running text: lines of
+# MIN_COLUMN_CHARS characters or more across most of its width (a table's cells are short).
 MAX_TEXT_COLUMNS = 3
 MIN_COLUMN_WIDTH = 0.2
 MIN_COLUMN_CHARS = 20
 # A gutter that full-width lines cross (a title, an abstract, a wide caption) still separates
 # columns when those are under MAX_SPANNING of the lines and each side has MIN_COLUMN_LINES.
-MAX_SPANNING = 0.25
+MAX_SPANNING = 0.5
 MIN_COLUMN_LINES = 3
 # A page's first or last row is its running header or footer (read first or last, not as part
 # of a column) when a gap of MARGIN_GAP line heights separates it from the rest.
@@ -111,19 +111,22 @@ def _order(lines: list[TextLine], gutter: float) -> list[TextLine]:
 
 def _text_columns(columns: list[list[TextLine]]) -> bool:
     """Side-by-side groups are text columns (read one after the other), not a table's (read
-    row by row): at most :data:`MAX_TEXT_COLUMNS`, each of several lines, wide, and of long
-    lines."""
+    row by row): at most :data:`MAX_TEXT_COLUMNS`, each wide and holding at least two lines
+    of running text (long, and across most of the column; the rest may be a table's cells)."""
     if not 1 < len(columns) <= MAX_TEXT_COLUMNS:
         return False
     left = min(line.box[0] for column in columns for line in column)
     right = max(line.box[2] for column in columns for line in column)
-    return all(
-        len(column) > 1
-        and max(line.box[2] for line in column) - min(line.box[0] for line in column)
-        >= MIN_COLUMN_WIDTH * (right - left)
-        and float(np.median([len(line.text) for line in column])) >= MIN_COLUMN_CHARS
-        for column in columns
-    )
+    for column in columns:
+        x1 = min(line.box[0] for line in column)
+        x2 = max(line.box[2] for line in column)
+        running = sum(
+            len(line.text) >= MIN_COLUMN_CHARS and line.box[2] - line.box[0] >= 0.5 * (x2 - x1)
+            for line in column
+        )
+        if x2 - x1 < MIN_COLUMN_WIDTH * (right - left) or running < 2:
+            return False
+    return True
 
 
 def _spanned_gutter(lines: list[TextLine], gutter: float) -> tuple[float, float] | None:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 
 from serve_app.config import RapidOCRConfig
 from serve_app.core.prompts import Task, build_prompt
@@ -40,14 +41,26 @@ class CountingReader:
                 self.now -= 1
 
 
-def test_cancelled_requests_never_run_more_reads_than_pages_at_once() -> None:
+def wrap_readers(engine: RapidOCREngine, seconds: float) -> list[CountingReader]:
+    """Every reader in the engine's pool wrapped (the same reader wrapped once)."""
+    pool = engine._readers
+    assert pool is not None
+    held = [pool.get_nowait() for _ in range(pool.qsize())]
+    wrapped: dict[int, CountingReader] = {}
+    for reader in held:
+        pool.put(wrapped.setdefault(id(reader), CountingReader(reader, seconds)))
+    return list(wrapped.values())
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_cancelled_requests_never_run_more_reads_than_pages_at_once(backend: Any) -> None:
     ((image, _),) = render([text_page(["Bounded reading"])])
     page = PageImage(np.asarray(image))
 
     async def go() -> tuple[CountingReader, list[int], str]:
-        engine = RapidOCREngine(RapidOCRConfig(pages_at_once=1))
+        engine = RapidOCREngine(RapidOCRConfig(pages_at_once=1, backend=backend))
         await engine.start()
-        reader = engine._ocr = CountingReader(engine._ocr, seconds=0.4)
+        (reader,) = wrap_readers(engine, seconds=0.4)
 
         def request(n: int) -> GenerateRequest:
             return GenerateRequest(f"r{n}", build_prompt(Task.FREE), page, task=Task.FREE)
@@ -67,3 +80,30 @@ def test_cancelled_requests_never_run_more_reads_than_pages_at_once() -> None:
     assert reader.most == 1  # the turn stayed with the running read
     assert unfinished[0] == 1  # a cancelled request's read still counts while it runs
     assert text == "Bounded reading\n"
+
+
+@pytest.mark.parametrize(("backend", "readers"), [("onnxruntime", 1), ("openvino", 2)])
+def test_pages_at_once_read_in_parallel_each_openvino_read_on_its_own_reader(
+    backend: Any, readers: int
+) -> None:
+    # OpenVINO's reader holds one infer request, so two pages at once need two readers;
+    # onnxruntime's sessions are shared safely.
+    ((image, _),) = render([text_page(["Parallel reading"])])
+    page = PageImage(np.asarray(image))
+
+    async def go() -> tuple[list[CountingReader], list[str]]:
+        engine = RapidOCREngine(RapidOCRConfig(pages_at_once=2, backend=backend))
+        await engine.start()
+        wrapped = wrap_readers(engine, seconds=0.3)
+        done = await asyncio.gather(*(
+            generate_once(engine, GenerateRequest(f"r{n}", build_prompt(Task.FREE), page,
+                                                  task=Task.FREE))
+            for n in range(4)
+        ))  # fmt: skip
+        return wrapped, [generation.text for generation in done]
+
+    wrapped, texts = asyncio.run(go())
+    assert len(wrapped) == readers
+    assert texts == ["Parallel reading\n"] * 4
+    assert sum(reader.calls for reader in wrapped) == 4
+    assert max(reader.most for reader in wrapped) == (2 if readers == 1 else 1)
