@@ -13,8 +13,8 @@ word recall, order-insensitive CER, reading-order CER (task ``free`` against the
 in content order) and pages/s, and ours over tesseract's. ``--url`` adds the same pages
 through a running service's ``POST /v1/ocr`` (its defaults; task ``free``): pages/s with
 ``--service-concurrency`` requests in flight, and per page the service's own time beside the
-engine's (one request at a time). ``--backend`` and ``--threads`` override the engine's
-configuration.
+engine's (one request at a time). ``--models``, ``--backend``, ``--threads`` and
+``--pages-at-once`` override the engine's configuration.
 
 By detector size (``sides``)::
 
@@ -274,7 +274,9 @@ def _rates(counts: np.ndarray) -> dict[str, float]:
 
 def tesseract_main(args: argparse.Namespace) -> None:
     work = list(real_pages(dpi=args.dpi))
-    overrides = {k: v for k, v in (("backend", args.backend), ("threads", args.threads)) if v}
+    settings = {"backend": args.backend, "threads": args.threads,
+                "pages_at_once": args.pages_at_once, "models": args.models}  # fmt: skip
+    overrides = {key: value for key, value in settings.items() if value}
     config = RapidOCRConfig(**overrides)
     cpus = os.cpu_count() or 1
     rows = {"tesseract": quality(work, read_with_tesseract(work, cpus))}
@@ -331,6 +333,8 @@ def main() -> None:
         p.add_argument("--service-concurrency", type=int, default=2)
         p.add_argument("--backend", choices=["onnxruntime", "openvino"], default=None)
         p.add_argument("--threads", type=int, default=None)
+        p.add_argument("--pages-at-once", type=int, default=None)
+        p.add_argument("--models", choices=["tiny", "small"], default=None)
         p.add_argument("--json", help="write the figures here")
     sweep.add_argument("--sides", type=int, nargs="+", default=[960, 1600, 2400])
     sweep.add_argument("--repeat", type=int, default=2, help="timed rounds (quality: first)")
