@@ -30,6 +30,7 @@ COPY client ./client
 RUN uv sync --locked --no-dev --no-install-project --extra ${VLLM_EXTRA}
 COPY serve_app ./serve_app
 COPY deployments ./deployments
+COPY batch ./batch
 COPY serve_config.yaml ./
 RUN uv sync --locked --no-dev --no-editable --extra ${VLLM_EXTRA}
 

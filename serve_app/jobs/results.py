@@ -69,15 +69,24 @@ def seconds_left(job: Job, now: float) -> float | None:
 def result_json(job: Job, pages: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The document's answer as ``/v1/ocr`` gives it (pages done so far, in page order),
     with the job's ``status``."""
+    out = stored_result_json(job.id, job.spec.fields.model, job.kind, job.page_count, pages)
+    return {"id": out.pop("id"), "object": out.pop("object"), "status": job.state.value} | out
+
+
+def stored_result_json(
+    result_id: str, model: str | None, kind: str | None, page_count: int | None,
+    pages: Sequence[dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    """A document's answer as ``/v1/ocr`` gives it, from its stored page objects (in page
+    order whatever their order here)."""
     ordered = _in_order(pages)
     ok = [page for page in ordered if "error" not in page]
     return {
-        "id": job.id,
+        "id": result_id,
         "object": "ocr.result",
-        "status": job.state.value,
-        "model": job.spec.fields.model,
-        "kind": job.kind,
-        "page_count": job.page_count,
+        "model": model,
+        "kind": kind,
+        "page_count": page_count,
         "pages_processed": len(ordered),
         "pages_failed": len(ordered) - len(ok),
         "pages_truncated": sum(1 for page in ok if page.get("truncated")),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("serve_app", "deployments")
+PACKAGES = ("serve_app", "deployments", "batch")
 
 # Bottom to top, as serve_app/__init__.py states it.
 LAYERS = (
@@ -26,6 +26,7 @@ LAYERS = (
     "serve_app.jobs",
     "serve_app.api",
     "deployments",
+    "batch",
     "serve_app.tooling",
     "serve_app.testing",
 )
@@ -35,6 +36,7 @@ OWNED = {
     "starlette": ("serve_app.api",),
     "ray": (
         "deployments",
+        "batch",
         "serve_app.tooling",
         "serve_app.testing",
         "serve_app.engine.vllm_engine",

@@ -1,0 +1,173 @@
+"""``python -m batch INPUT... -o OUT``: documents to per-page Parquet rows and
+per-document markdown and JSON, on Ray Data, with the service's stages and configuration.
+
+The stream: documents -> :class:`~batch.plan.Planner` (a row per page; pages
+already written are dropped) -> :class:`~batch.stages.Prepare` (CPU actors) ->
+:class:`~batch.stages.Recognize` (engine actors, one engine each) ->
+:class:`~batch.stages.Finish` (CPU actors) -> the driver, which writes finished
+pages in parts as they arrive. Ray Data streams blocks between the stages with backpressure,
+so memory holds a window of pages, not the corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+
+from batch.inputs import find_documents
+from batch.output import Output, failures
+from batch.plan import Planner, page_key
+from batch.stages import Finish, Prepare, Recognize
+from serve_app.config import AppConfig
+from serve_app.documents.door import Door, RequestFields
+from serve_app.documents.messages import OCROptions
+
+logger = logging.getLogger("batch")
+
+
+def load_config(path: Path) -> AppConfig:
+    """The ``args:`` of the first application in a Serve config file (``serve_config.yaml``),
+    or a file holding just those."""
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data, dict) and "applications" in data:
+        data = data["applications"][0].get("args", {})
+    return AppConfig.model_validate(data or {})
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m batch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="*", help="files, folders, globs or URLs (s3://, gs://)")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="the output folder")
+    parser.add_argument(
+        "--list", action="append", default=[], help="a file listing inputs, one per line"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path("serve_config.yaml"),
+        help="models and stage settings, as the service reads them",
+    )
+    for name in ("model", "task", "mode", "pages"):
+        parser.add_argument(f"--{name}")
+    parser.add_argument("--dpi", type=int)
+    parser.add_argument("--figures", action="store_true", help="include figure crops")
+    parser.add_argument("--retry-failed", action="store_true", help="run failed pages again")
+    parser.add_argument("--engines", type=int, default=1, help="engine actors")
+    parser.add_argument("--engine-gpus", type=float, default=0.0, help="GPUs per engine actor")
+    parser.add_argument(
+        "--engine-batch", type=int, default=16, help="pages sent to an engine at once"
+    )
+    parser.add_argument(
+        "--cpu-actors", type=int, default=1, help="preprocess and postprocess actors, each"
+    )
+    parser.add_argument("--max-pages", type=int, default=100_000, help="pages per document")
+    parser.add_argument("--flush-every", type=int, default=64, help="pages per Parquet part")
+    parser.add_argument(
+        "--address", help="a Ray cluster to join (default: RAY_ADDRESS or a local one)"
+    )
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def options_of(config: AppConfig, args: argparse.Namespace) -> OCROptions:
+    fields = RequestFields(model=args.model, task=args.task, mode=args.mode, pages=args.pages,
+                           dpi=args.dpi, include_figures=args.figures)  # fmt: skip
+    return Door(config).resolve(fields)
+
+
+def say(line: str, file: Any = None) -> None:
+    (file or sys.stdout).write(line + "\n")
+
+
+@dataclass(frozen=True)
+class Summary:
+    documents: int
+    pages_run: int
+    pages_failed_now: int
+    skipped: int
+    seconds: float
+    documents_written: int
+    documents_incomplete: int
+    failures: list[tuple[str, int, str]]
+
+    @property
+    def pages_per_s(self) -> float:
+        return self.pages_run / max(self.seconds, 1e-9)
+
+
+def run(args: argparse.Namespace) -> Summary:
+    """The batch ``args`` describe, to its end: every planned page written (or its error)."""
+    config = load_config(args.config)
+    options = options_of(config, args)
+    documents = find_documents(args.inputs, args.list)
+    output = Output(args.output)
+    skip = output.done(args.retry_failed)
+    engine = config.models[options.model]
+    if not ray.is_initialized():
+        # A local cluster declares at least a CPU per actor (and one for Ray Data's tasks):
+        # on a small machine they share the cores rather than wait for each other.
+        needed = 3 * args.cpu_actors + args.engines + 1
+        joining = args.address or os.environ.get("RAY_ADDRESS")
+        cpus = None if joining else max(os.cpu_count() or 1, needed)
+        ray.init(address=args.address, num_cpus=cpus, log_to_driver=False)
+    start = time.perf_counter()
+    items: list[dict[str, Any]] = [{"uri": d.uri, "name": d.name} for d in documents]
+    # Ray's annotations take functions; callable classes (actors) are what it runs here.
+    dataset = (
+        ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
+        .flat_map(Planner, fn_constructor_args=(config.preprocess, options, args.max_pages),
+                  concurrency=args.cpu_actors)
+        .filter(lambda row: page_key(row) not in skip)
+        .map(Prepare, fn_constructor_args=(config.preprocess, options),  # type: ignore[arg-type]
+             concurrency=args.cpu_actors)
+        .map_batches(Recognize, fn_constructor_args=(engine, options), batch_size=args.engine_batch,
+                     concurrency=args.engines, num_gpus=args.engine_gpus or None)
+        .map(Finish, fn_constructor_args=(config.postprocess, options),  # type: ignore[arg-type]
+             concurrency=args.cpu_actors)
+    )  # fmt: skip
+    pending: list[dict[str, Any]] = []
+    ran = failed = 0
+    for row in dataset.iter_rows():
+        pending.append(row)
+        ran += 1
+        failed += row["status"] == "failed"
+        if len(pending) >= args.flush_every:
+            output.write(pending)
+            pending = []
+    output.write(pending)
+    seconds = time.perf_counter() - start
+    written, incomplete = output.write_documents(options.model)
+    return Summary(len(documents), ran, failed, len(skip), seconds, written, incomplete,
+                   failures(output.rows()))  # fmt: skip
+
+
+def report(summary: Summary, output: Path) -> None:
+    say(f"{summary.documents} documents; {summary.pages_run} pages run now "
+        f"({summary.pages_failed_now} failed) in {summary.seconds:.1f} s "
+        f"({summary.pages_per_s:.2f} pages/s); {summary.skipped} skipped as done before; "
+        f"{summary.documents_written} documents written to {output / 'docs'}, "
+        f"{summary.documents_incomplete} incomplete")  # fmt: skip
+    for name, page, error in summary.failures:
+        where = "the document" if page == 0 else f"page {page}"
+        say(f"  FAILED {name}, {where}: {error}")
+    if summary.failures:
+        say("rerun with --retry-failed to run the failed pages again")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if not args.inputs and not args.list:
+        say("no inputs: name files, folders, globs or URLs, or --list FILE", sys.stderr)
+        return 2
+    summary = run(args)
+    report(summary, args.output)
+    return 1 if summary.failures else 0

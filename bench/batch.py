@@ -1,0 +1,165 @@
+"""The offline batch path (Ray Data) against the Serve graph, in one run: pages/s on the same
+pages with the fake engine at a fixed cost per page, and the batch's memory as the corpus
+grows.
+
+Run: ``.venv/bin/python -m bench.batch [--pages 200] [--memory-pages 1000 10000]``.
+
+The Serve graph is deployed as ``serve_config.yaml`` deploys it (fixed replica counts) and
+sent the documents through ``/v1/ocr?stream=true`` at several numbers of documents in flight;
+its best is the baseline (target: the batch at least 1.2x). Then the batch runs the same
+documents with as many engine actors as the graph has engine replicas. For memory, corpora of
+one-page PDFs are run and the peak resident memory of the driver and of all Ray workers, and
+the object store's peak use, are sampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+from serve_app.config import AppConfig
+from serve_app.testing.synthetic import text_pdf
+
+PDF = {"content-type": "application/pdf"}
+
+
+def corpus(folder: Path, documents: int, pages_each: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    pdf = text_pdf(pages_each)
+    paths = []
+    for n in range(documents):
+        path = folder / f"doc_{n:05d}.pdf"
+        path.write_bytes(pdf)
+        paths.append(path)
+    return paths
+
+
+def serve_pages_per_s(url: str, paths: list[Path], in_flight: int, pages: int) -> float:
+    def one(path: Path) -> int:
+        with httpx.Client(base_url=url, timeout=600) as client, client.stream(
+            "POST", "/v1/ocr", params={"mode": "tiny", "stream": "true"},
+            content=path.read_bytes(), headers=PDF,
+        ) as answer:  # fmt: skip
+            return sum(json.loads(line).get("object") == "ocr.page"
+                       for line in answer.iter_lines() if line)  # fmt: skip
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(in_flight) as pool:
+        done = sum(pool.map(one, paths))
+    assert done == pages, (done, pages)
+    return pages / (time.perf_counter() - start)
+
+
+class Peak:
+    """Peak resident memory of this process and of Ray's workers, and of the object store."""
+
+    def __init__(self) -> None:
+        self.driver = self.workers = self.store = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> Peak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        import ray
+
+        me = psutil.Process()
+        while not self._stop.wait(0.5):
+            self.driver = max(self.driver, me.memory_info().rss / 2**20)
+            workers = 0.0
+            for process in psutil.process_iter(["name", "cmdline", "memory_info"]):
+                cmdline = " ".join(process.info["cmdline"] or ())
+                if process.info["name"].startswith("ray::") or "default_worker.py" in cmdline:
+                    workers += process.info["memory_info"].rss / 2**20
+            self.workers = max(self.workers, workers)
+            total = ray.cluster_resources().get("object_store_memory", 0)
+            free = ray.available_resources().get("object_store_memory", total)
+            self.store = max(self.store, (total - free) / 2**20)
+
+
+def batch_args(inputs: Path, out: Path, config: Path, engines: int) -> argparse.Namespace:
+    from batch.run import parse_args
+
+    return parse_args([str(inputs), "-o", str(out), "--config", str(config), "--mode", "tiny",
+                       "--engines", str(engines), "--flush-every", "256"])  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pages", type=int, default=200, help="throughput corpus, pages")
+    parser.add_argument("--pages-each", type=int, default=10, help="pages per document")
+    parser.add_argument("--page-latency", type=float, default=0.1, help="fake engine s/page")
+    parser.add_argument("--memory-pages", type=int, nargs="*", default=[1000])
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    from batch.run import run
+    from serve_app.testing.serve import deployed_options, start_app
+
+    work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    fake: dict[str, Any] = {"first_token_latency_s": args.page_latency}
+    args_yaml = {"models": {"deepseek-ocr": {"kind": "fake", "fake": fake}}}
+    config_path = work / "config.yaml"
+    config_path.write_text(yaml.safe_dump({"applications": [{"args": args_yaml}]}))
+    config = AppConfig.model_validate(args_yaml)
+    documents = args.pages // args.pages_each
+    pages = documents * args.pages_each
+    paths = corpus(work / "in", documents, args.pages_each)
+
+    options = deployed_options(config)
+    engines = options["EngineDeployment-deepseek-ocr"]["num_replicas"]
+    url = start_app(config, name="bench-batch", options=options)
+    serve_pages_per_s(url, paths[:2], 2, 2 * args.pages_each)  # warm-up
+    rates = {n: serve_pages_per_s(url, paths, n, pages) for n in (2, 4, 8, 16)}
+    best = max(rates, key=rates.__getitem__)
+    serve.shutdown()
+
+    summary = run(batch_args(work / "in", work / "out", config_path, engines))
+    assert summary.pages_run == pages and not summary.failures
+    print(
+        f"fake engine {args.page_latency} s/page; {pages} pages in {documents} PDFs; "
+        f"{engines} engine replica(s) / actor(s)"
+    )
+    print(
+        "Serve graph, /v1/ocr?stream=true, pages/s by documents in flight: "
+        + ", ".join(f"{n}: {rate:.2f}" for n, rate in rates.items())
+    )
+    print(
+        f"batch on Ray Data: {summary.pages_per_s:.2f} pages/s "
+        f"({summary.pages_per_s / rates[best]:.2f}x the graph's best, {best} in flight)"
+    )
+
+    for count in args.memory_pages:
+        folder = work / f"mem-{count}"
+        corpus(folder, count, 1)
+        with Peak() as peak:
+            done = run(batch_args(folder, work / f"out-{count}", config_path, engines))
+        assert done.pages_run == count and not done.failures
+        print(
+            f"{count} one-page PDFs: {done.pages_per_s:.2f} pages/s; peak resident MiB: "
+            f"driver {peak.driver:.0f}, Ray workers {peak.workers:.0f}; object store peak "
+            f"{peak.store:.0f} MiB"
+        )
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The offline batch path (``python -m batch``) on Ray Data with the fake engine:
+every page once, the same page objects as the service's document run, resumable after a
+kill, failures recorded and retried alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from batch.run import load_config
+from serve_app.documents.door import Door, RequestFields
+from serve_app.documents.run import DocumentRunner
+from serve_app.documents.stages import LocalStages
+from serve_app.testing.docset import text_page_png
+from serve_app.testing.synthetic import text_pdf
+
+PDF_PAGES = {"reports/a.pdf": 3, "reports/b.pdf": 2, "c.pdf": 4}
+IMAGES = [f"scans/page_{n}.png" for n in range(5)]
+TOTAL = sum(PDF_PAGES.values()) + len(IMAGES)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    for name, pages in PDF_PAGES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(text_pdf(pages))
+    for n, name in enumerate(IMAGES):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(text_page_png([f"Scanned page {n}"]).data)
+    return root
+
+
+def config_file(folder: Path, **fake: Any) -> Path:
+    path = folder / "config.yaml"
+    args = {"models": {"fake": {"kind": "fake", "fake": fake}}}
+    path.write_text(yaml.safe_dump({"applications": [{"name": "ocr", "args": args}]}))
+    return path
+
+
+def batch(*args: str | Path, wait: bool = True) -> Any:
+    command = [sys.executable, "-m", "batch", *map(str, args)]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)  # fmt: skip
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def page_rows(out: Path) -> list[dict[str, Any]]:
+    return [row for part in sorted((out / "pages").glob("*.parquet"))
+            for row in pq.read_table(part).to_pylist()]  # fmt: skip
+
+
+def without_timings(page: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in page.items() if key != "timings"}
+
+
+async def service_pages(config_path: Path, data: bytes) -> list[dict[str, Any]]:
+    """What the service's document run answers for ``data`` (the path behind /v1/ocr)."""
+    from serve_app.documents.results import page_json
+
+    config = load_config(config_path)
+    stages = await LocalStages.started(config)
+    try:
+        options = Door(config).resolve(RequestFields(mode="tiny"))
+        run = await DocumentRunner.from_config(config.ingress, stages).start("ref", data, options)
+        return [without_timings(page_json(report, options)) for report in await run.collect()]
+    finally:
+        await stages.shutdown()
+
+
+def test_every_page_once_as_the_service_answers_it_and_a_broken_file_recorded(
+    corpus: Path, tmp_path: Path
+) -> None:
+    docs = tmp_path / "in"
+    subprocess.run(["cp", "-r", f"{corpus}/.", str(docs)], check=True)
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.7 not really")
+    config = config_file(tmp_path)
+    out = tmp_path / "out"
+
+    done = batch(docs, "-o", out, "--config", config, "--mode", "tiny")
+
+    assert done.returncode == 1, done.stdout  # the broken file failed the run
+    assert f"{TOTAL + 1} pages run now (1 failed)" in done.stdout  # the broken file's row
+    rows = page_rows(out)
+    keys = [(row["name"], row["page"]) for row in rows]
+    assert len(keys) == len(set(keys)) == TOTAL + 1  # every page once, and the broken file
+    (broken,) = [row for row in rows if row["status"] == "failed"]
+    assert (broken["name"], broken["page"]) == ("broken", 0)
+    assert json.loads(broken["page_json"])["error"]["code"] == "corrupt_document"
+    assert "FAILED broken, the document: corrupt_document" in done.stdout
+    for name, pages in {**PDF_PAGES, **dict.fromkeys(IMAGES, 1)}.items():
+        stem = name.rsplit(".", 1)[0]
+        answer = json.loads((out / "docs" / f"{stem}.json").read_text())
+        expected = asyncio.run(service_pages(config, (docs / name).read_bytes()))
+        assert [without_timings(page) for page in answer["pages"]] == expected
+        assert answer["pages_processed"] == pages
+        assert (out / "docs" / f"{stem}.md").read_text() == answer["markdown"]
+    assert not (out / "docs" / "broken.json").exists()
+
+
+def test_a_run_killed_halfway_reruns_only_the_missing_pages(corpus: Path, tmp_path: Path) -> None:
+    config = config_file(tmp_path, first_token_latency_s=0.5)
+    out = tmp_path / "out"
+    args = (corpus, "-o", out, "--config", config, "--mode", "tiny", "--flush-every", "2",
+            "--engine-batch", "2")  # fmt: skip
+    first = batch(*args, wait=False)
+    deadline = time.monotonic() + 240
+    while len(page_rows(out)) < 4 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = {(row["name"], row["page"]) for row in page_rows(out)}
+    assert 4 <= len(before) < TOTAL, "the kill came too late to test a rerun"
+
+    rerun = batch(*args)
+
+    assert rerun.returncode == 0, rerun.stdout
+    assert f"{TOTAL - len(before)} pages run now (0 failed)" in rerun.stdout
+    assert f"{len(before)} skipped as done before" in rerun.stdout
+    keys = [(row["name"], row["page"]) for row in page_rows(out)]
+    assert len(keys) == len(set(keys)) == TOTAL  # nothing written twice
+    assert f"{len(PDF_PAGES) + len(IMAGES)} documents written" in rerun.stdout
+
+
+def test_failed_pages_are_recorded_and_retried_alone(corpus: Path, tmp_path: Path) -> None:
+    config = config_file(tmp_path, fail_every=5)
+    out = tmp_path / "out"
+    args = (corpus, "-o", out, "--config", config, "--mode", "tiny")
+
+    first = batch(*args)
+
+    failed = [row for row in page_rows(out) if row["status"] == "failed"]
+    assert first.returncode == 1
+    assert len(failed) == TOTAL // 5
+    assert all(json.loads(row["page_json"])["error"]["code"] for row in failed)
+    assert (
+        f"{TOTAL - len(failed)} documents written" not in first.stdout
+    )  # a failed page's document waits
+    assert "rerun with --retry-failed" in first.stdout
+
+    again = batch(*args, "--retry-failed")
+
+    assert again.returncode == 0, again.stdout
+    assert f"{len(failed)} pages run now (0 failed)" in again.stdout
+    latest = {(row["name"], row["page"]): row["status"] for row in page_rows(out)}
+    assert set(latest.values()) == {"ok"} and len(latest) == TOTAL
