@@ -4,6 +4,7 @@ object-storage URLs (``s3://``, ``gs://``, ``abfs://``), through ``pyarrow.fs``.
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,7 @@ def find_documents(inputs: Sequence[str], list_files: Sequence[str] = ()) -> lis
 
     Raises:
         FileNotFoundError: For an input that does not exist or matches nothing.
+        ValueError: For two documents that would share an output name.
     """
     entries = list(inputs)
     for listing in list_files:
@@ -36,7 +38,31 @@ def find_documents(inputs: Sequence[str], list_files: Sequence[str] = ()) -> lis
     for entry in entries:
         for document in _expand(entry):
             found.setdefault(document.uri, document)
-    return list(found.values())
+    return _distinct_names(list(found.values()))
+
+
+def _distinct_names(documents: list[InputDocument]) -> list[InputDocument]:
+    """Documents whose names clash (``a.pdf`` beside ``a.png``) keep their suffixes; a clash
+    left after that (the same path under two inputs) is an error, since their outputs would
+    overwrite each other.
+
+    Raises:
+        ValueError: Naming two documents that would share an output name.
+    """
+    counts = Counter(document.name for document in documents)
+    renamed = [
+        InputDocument(d.uri, d.name + PurePosixPath(d.uri).suffix) if counts[d.name] > 1 else d
+        for d in documents
+    ]
+    owners: dict[str, str] = {}
+    for document in renamed:
+        if document.name in owners:
+            raise ValueError(
+                f"{owners[document.name]} and {document.uri} would both be written as "
+                f"{document.name!r}: name one of them through a different input folder"
+            )
+        owners[document.name] = document.uri
+    return renamed
 
 
 def _expand(entry: str) -> list[InputDocument]:

@@ -23,13 +23,14 @@ from typing import Any
 import ray
 import yaml
 
-from batch.inputs import find_documents
+from batch.inputs import InputDocument, find_documents
 from batch.output import Output, failures
 from batch.plan import Planner, page_key
 from batch.stages import Finish, Prepare, Recognize
 from serve_app.config import AppConfig
 from serve_app.documents.door import Door, RequestFields
 from serve_app.documents.messages import OCROptions
+from serve_app.errors import ClientError
 
 logger = logging.getLogger("batch")
 
@@ -103,11 +104,30 @@ class Summary:
         return self.pages_run / max(self.seconds, 1e-9)
 
 
-def run(args: argparse.Namespace) -> Summary:
+@dataclass(frozen=True)
+class Batch:
+    """What a batch's arguments name, read and checked before Ray starts."""
+
+    config: AppConfig
+    options: OCROptions
+    documents: list[InputDocument]
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Batch:
+        """Raises:
+        OSError: For a configuration file or input that cannot be read.
+        ValueError, yaml.YAMLError: For a bad configuration, or two inputs sharing an output
+            name.
+        ClientError: For options the configuration cannot serve (model, task, mode, pages).
+        """
+        config = load_config(args.config)
+        return cls(config, options_of(config, args), find_documents(args.inputs, args.list))
+
+
+def run(args: argparse.Namespace, batch: Batch | None = None) -> Summary:
     """The batch ``args`` describe, to its end: every planned page written (or its error)."""
-    config = load_config(args.config)
-    options = options_of(config, args)
-    documents = find_documents(args.inputs, args.list)
+    batch = batch or Batch.of(args)
+    config, options, documents = batch.config, batch.options, batch.documents
     output = Output(args.output)
     skip = output.done(args.retry_failed)
     engine = config.models[options.model]
@@ -168,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.inputs and not args.list:
         say("no inputs: name files, folders, globs or URLs, or --list FILE", sys.stderr)
         return 2
-    summary = run(args)
+    try:
+        batch = Batch.of(args)
+    except (OSError, ValueError, yaml.YAMLError, ClientError) as exc:
+        say(f"error: {exc}", sys.stderr)
+        return 2
+    summary = run(args, batch)
     report(summary, args.output)
     return 1 if summary.failures else 0

@@ -7,6 +7,7 @@ in one stage carries its error through the rest and is written as that page's er
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import pickle
 import threading
@@ -27,7 +28,9 @@ from serve_app.engine.recognize import PageGeneration
 
 
 def page_task(row: Row, options: OCROptions) -> PageTask:
-    return PageTask(f"batch-{row['doc_hash'][:12]}", int(row["index"]), row["kind"], options)
+    # By the document's location: a corpus may hold the same bytes under several names.
+    document = hashlib.sha256(str(row["uri"]).encode()).hexdigest()[:12]
+    return PageTask(f"batch-{document}", int(row["index"]), row["kind"], options)
 
 
 class Prepare:

@@ -88,21 +88,24 @@ def test_every_page_once_as_the_service_answers_it_and_a_broken_file_recorded(
     docs = tmp_path / "in"
     subprocess.run(["cp", "-r", f"{corpus}/.", str(docs)], check=True)
     (docs / "broken.pdf").write_bytes(b"%PDF-1.7 not really")
+    (docs / "copy.pdf").write_bytes((docs / "c.pdf").read_bytes())  # the same bytes, twice
     config = config_file(tmp_path)
     out = tmp_path / "out"
 
     done = batch(docs, "-o", out, "--config", config, "--mode", "tiny")
 
     assert done.returncode == 1, done.stdout  # the broken file failed the run
-    assert f"{TOTAL + 1} pages run now (1 failed)" in done.stdout  # the broken file's row
+    total = TOTAL + PDF_PAGES["c.pdf"] + 1  # the copy's pages and the broken file's row
+    assert f"{total} pages run now (1 failed)" in done.stdout
     rows = page_rows(out)
     keys = [(row["name"], row["page"]) for row in rows]
-    assert len(keys) == len(set(keys)) == TOTAL + 1  # every page once, and the broken file
+    assert len(keys) == len(set(keys)) == total  # every page once
     (broken,) = [row for row in rows if row["status"] == "failed"]
     assert (broken["name"], broken["page"]) == ("broken", 0)
     assert json.loads(broken["page_json"])["error"]["code"] == "corrupt_document"
     assert "FAILED broken, the document: corrupt_document" in done.stdout
-    for name, pages in {**PDF_PAGES, **dict.fromkeys(IMAGES, 1)}.items():
+    pages_of = {**PDF_PAGES, "copy.pdf": PDF_PAGES["c.pdf"], **dict.fromkeys(IMAGES, 1)}
+    for name, pages in pages_of.items():
         stem = name.rsplit(".", 1)[0]
         answer = json.loads((out / "docs" / f"{stem}.json").read_text())
         expected = asyncio.run(service_pages(config, (docs / name).read_bytes()))
