@@ -95,6 +95,7 @@ class Summary:
     pages_failed_now: int
     skipped: int
     seconds: float
+    first_page_s: float  # until the first page came out: the actors' start, mostly
     documents_written: int
     documents_incomplete: int
     failures: list[tuple[str, int, str]]
@@ -102,6 +103,11 @@ class Summary:
     @property
     def pages_per_s(self) -> float:
         return self.pages_run / max(self.seconds, 1e-9)
+
+    @property
+    def steady_pages_per_s(self) -> float:
+        """The rate once every stage runs (after the first page), as a long run sees it."""
+        return (self.pages_run - 1) / max(self.seconds - self.first_page_s, 1e-9)
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,9 @@ def run(args: argparse.Namespace, batch: Batch | None = None) -> Summary:
     )  # fmt: skip
     pending: list[dict[str, Any]] = []
     ran = failed = 0
+    first_page_s = 0.0
     for row in dataset.iter_rows():
+        first_page_s = first_page_s or time.perf_counter() - start
         pending.append(row)
         ran += 1
         failed += row["status"] == "failed"
@@ -165,14 +173,15 @@ def run(args: argparse.Namespace, batch: Batch | None = None) -> Summary:
     output.write(pending)
     seconds = time.perf_counter() - start
     written, incomplete = output.write_documents(options.model)
-    return Summary(len(documents), ran, failed, len(skip), seconds, written, incomplete,
-                   failures(output.rows()))  # fmt: skip
+    return Summary(len(documents), ran, failed, len(skip), seconds, first_page_s, written,
+                   incomplete, failures(output.rows()))  # fmt: skip
 
 
 def report(summary: Summary, output: Path) -> None:
     say(f"{summary.documents} documents; {summary.pages_run} pages run now "
         f"({summary.pages_failed_now} failed) in {summary.seconds:.1f} s "
-        f"({summary.pages_per_s:.2f} pages/s); {summary.skipped} skipped as done before; "
+        f"({summary.pages_per_s:.2f} pages/s; {summary.steady_pages_per_s:.2f} after the first "
+        f"page at {summary.first_page_s:.1f} s); {summary.skipped} skipped as done before; "
         f"{summary.documents_written} documents written to {output / 'docs'}, "
         f"{summary.documents_incomplete} incomplete")  # fmt: skip
     for name, page, error in summary.failures:

@@ -2,7 +2,8 @@
 pages with the fake engine at a fixed cost per page, and the batch's memory as the corpus
 grows.
 
-Run: ``.venv/bin/python -m bench.batch [--pages 200] [--memory-pages 1000 10000]``.
+Run: ``.venv/bin/python -m bench.batch [--engine fake|rapidocr] [--pages 1000]
+[--memory-pages 1000 10000]``.
 
 The Serve graph is deployed as ``serve_config.yaml`` deploys it (fixed replica counts) and
 sent the documents through ``/v1/ocr?stream=true`` at several numbers of documents in flight;
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import threading
 import time
@@ -44,10 +46,12 @@ def corpus(folder: Path, documents: int, pages_each: int) -> list[Path]:
     return paths
 
 
-def serve_pages_per_s(url: str, paths: list[Path], in_flight: int, pages: int) -> float:
+def serve_pages_per_s(
+    url: str, paths: list[Path], in_flight: int, pages: int, params: dict[str, str]
+) -> float:
     def one(path: Path) -> int:
         with httpx.Client(base_url=url, timeout=600) as client, client.stream(
-            "POST", "/v1/ocr", params={"mode": "tiny", "stream": "true"},
+            "POST", "/v1/ocr", params=params | {"stream": "true"},
             content=path.read_bytes(), headers=PDF,
         ) as answer:  # fmt: skip
             return sum(json.loads(line).get("object") == "ocr.page"
@@ -93,19 +97,33 @@ class Peak:
             self.store = max(self.store, (total - free) / 2**20)
 
 
-def batch_args(inputs: Path, out: Path, config: Path, engines: int) -> argparse.Namespace:
+def batch_args(
+    inputs: Path, out: Path, config: Path, engines: int, cpu_actors: int, mode: str | None
+) -> argparse.Namespace:
     from batch.run import parse_args
 
-    return parse_args([str(inputs), "-o", str(out), "--config", str(config), "--mode", "tiny",
-                       "--engines", str(engines), "--flush-every", "256"])  # fmt: skip
+    return parse_args([str(inputs), "-o", str(out), "--config", str(config), "--engines",
+                       str(engines), "--cpu-actors", str(cpu_actors), "--flush-every", "256",
+                       *(["--mode", mode] if mode else [])])  # fmt: skip
+
+
+def engine_models(engine: str, page_latency: float) -> dict[str, Any]:
+    if engine == "rapidocr":
+        return {"rapidocr": {"kind": "rapidocr", "rapidocr": {"max_side": 1600}}}
+    return {"deepseek-ocr": {"kind": "fake", "fake": {"first_token_latency_s": page_latency}}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pages", type=int, default=200, help="throughput corpus, pages")
+    parser.add_argument("--engine", choices=("fake", "rapidocr"), default="fake")
+    parser.add_argument("--pages", type=int, default=1000, help="throughput corpus, pages")
     parser.add_argument("--pages-each", type=int, default=10, help="pages per document")
     parser.add_argument("--page-latency", type=float, default=0.1, help="fake engine s/page")
-    parser.add_argument("--memory-pages", type=int, nargs="*", default=[1000])
+    parser.add_argument("--in-flight", type=int, nargs="+", default=[2, 4, 8, 16],
+                        help="documents in flight tried against the Serve graph")  # fmt: skip
+    parser.add_argument("--cpu-actors", type=int, nargs="+", default=[1, 2],
+                        help="batch preprocess/postprocess actors tried")  # fmt: skip
+    parser.add_argument("--memory-pages", type=int, nargs="*", default=[1000, 10000])
     args = parser.parse_args()
 
     import ray
@@ -115,50 +133,54 @@ def main() -> None:
     from serve_app.testing.serve import deployed_options, start_app
 
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
-    fake: dict[str, Any] = {"first_token_latency_s": args.page_latency}
-    args_yaml = {"models": {"deepseek-ocr": {"kind": "fake", "fake": fake}}}
+    args_yaml = {"models": engine_models(args.engine, args.page_latency)}
+    (model,) = args_yaml["models"]
     config_path = work / "config.yaml"
     config_path.write_text(yaml.safe_dump({"applications": [{"args": args_yaml}]}))
     config = AppConfig.model_validate(args_yaml)
+    mode = "tiny" if args.engine == "fake" else None
+    params = {"mode": mode} if mode else {}
     documents = args.pages // args.pages_each
     pages = documents * args.pages_each
     paths = corpus(work / "in", documents, args.pages_each)
 
     options = deployed_options(config)
-    engines = options["EngineDeployment-deepseek-ocr"]["num_replicas"]
+    engines = options[f"EngineDeployment-{model}"]["num_replicas"]
     url = start_app(config, name="bench-batch", options=options)
-    serve_pages_per_s(url, paths[:2], 2, 2 * args.pages_each)  # warm-up
-    rates = {n: serve_pages_per_s(url, paths, n, pages) for n in (2, 4, 8, 16)}
+    serve_pages_per_s(url, paths[:2], 2, 2 * args.pages_each, params)  # warm-up
+    rates = {n: serve_pages_per_s(url, paths, n, pages, params) for n in args.in_flight}
     best = max(rates, key=rates.__getitem__)
     serve.shutdown()
+    ray.shutdown()
 
-    summary = run(batch_args(work / "in", work / "out", config_path, engines))
-    assert summary.pages_run == pages and not summary.failures
-    print(
-        f"fake engine {args.page_latency} s/page; {pages} pages in {documents} PDFs; "
-        f"{engines} engine replica(s) / actor(s)"
-    )
-    print(
-        "Serve graph, /v1/ocr?stream=true, pages/s by documents in flight: "
-        + ", ".join(f"{n}: {rate:.2f}" for n, rate in rates.items())
-    )
-    print(
-        f"batch on Ray Data: {summary.pages_per_s:.2f} pages/s "
-        f"({summary.pages_per_s / rates[best]:.2f}x the graph's best, {best} in flight)"
-    )
+    engine = (f"fake engine {args.page_latency} s/page" if args.engine == "fake"
+              else "rapidocr (PP-OCRv6 tiny)")  # fmt: skip
+    print(f"{engine}; {pages} pages in {documents} PDFs (tiny mode); {engines} engine "
+          f"replica(s) / actor(s); machine: {os.cpu_count()} cores")  # fmt: skip
+    print("Serve graph, /v1/ocr?stream=true, pages/s by documents in flight: "
+          + ", ".join(f"{n}: {rate:.2f}" for n, rate in rates.items()))  # fmt: skip
+    for cpu_actors in args.cpu_actors:
+        out = work / f"out-{cpu_actors}"
+        summary = run(batch_args(work / "in", out, config_path, engines, cpu_actors, mode))
+        assert summary.pages_run == pages and not summary.failures
+        print(f"batch on Ray Data, {cpu_actors} CPU actor(s) a stage: {summary.pages_per_s:.2f} "
+              f"pages/s in all ({summary.pages_per_s / rates[best]:.2f}x the graph's best, "
+              f"{best} in flight); {summary.steady_pages_per_s:.2f} pages/s after the first "
+              f"page at {summary.first_page_s:.1f} s "
+              f"({summary.steady_pages_per_s / rates[best]:.2f}x)")  # fmt: skip
+        ray.shutdown()
 
     for count in args.memory_pages:
         folder = work / f"mem-{count}"
         corpus(folder, count, 1)
         with Peak() as peak:
-            done = run(batch_args(folder, work / f"out-{count}", config_path, engines))
+            done = run(batch_args(folder, work / f"mem-out-{count}", config_path, engines,
+                                  max(args.cpu_actors), mode))  # fmt: skip
         assert done.pages_run == count and not done.failures
-        print(
-            f"{count} one-page PDFs: {done.pages_per_s:.2f} pages/s; peak resident MiB: "
-            f"driver {peak.driver:.0f}, Ray workers {peak.workers:.0f}; object store peak "
-            f"{peak.store:.0f} MiB"
-        )
-    ray.shutdown()
+        print(f"{count} one-page PDFs: {done.pages_per_s:.2f} pages/s; peak resident MiB: "
+              f"driver {peak.driver:.0f}, Ray workers {peak.workers:.0f}; object store peak "
+              f"{peak.store:.0f} MiB")  # fmt: skip
+        ray.shutdown()
 
 
 if __name__ == "__main__":

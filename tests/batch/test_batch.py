@@ -9,21 +9,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from batch.run import load_config
-from serve_app.documents.door import Door, RequestFields
-from serve_app.documents.run import DocumentRunner
-from serve_app.documents.stages import LocalStages
 from serve_app.testing.docset import text_page_png
 from serve_app.testing.synthetic import text_pdf
+from tests.batch.helpers import batch, fake_config, page_rows, service_pages, without_timings
 
 PDF_PAGES = {"reports/a.pdf": 3, "reports/b.pdf": 2, "c.pdf": 4}
 IMAGES = [f"scans/page_{n}.png" for n in range(5)]
@@ -42,46 +35,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def config_file(folder: Path, **fake: Any) -> Path:
-    path = folder / "config.yaml"
-    args = {"models": {"fake": {"kind": "fake", "fake": fake}}}
-    path.write_text(yaml.safe_dump({"applications": [{"name": "ocr", "args": args}]}))
-    return path
-
-
-def batch(*args: str | Path, wait: bool = True) -> Any:
-    command = [sys.executable, "-m", "batch", *map(str, args)]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    if not wait:
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)  # fmt: skip
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-
-
-def page_rows(out: Path) -> list[dict[str, Any]]:
-    return [row for part in sorted((out / "pages").glob("*.parquet"))
-            for row in pq.read_table(part).to_pylist()]  # fmt: skip
-
-
-def without_timings(page: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in page.items() if key != "timings"}
-
-
-async def service_pages(config_path: Path, data: bytes) -> list[dict[str, Any]]:
-    """What the service's document run answers for ``data`` (the path behind /v1/ocr)."""
-    from serve_app.documents.results import page_json
-
-    config = load_config(config_path)
-    stages = await LocalStages.started(config)
-    try:
-        options = Door(config).resolve(RequestFields(mode="tiny"))
-        run = await DocumentRunner.from_config(config.ingress, stages).start("ref", data, options)
-        return [without_timings(page_json(report, options)) for report in await run.collect()]
-    finally:
-        await stages.shutdown()
-
-
 def test_every_page_once_as_the_service_answers_it_and_a_broken_file_recorded(
     corpus: Path, tmp_path: Path
 ) -> None:
@@ -89,7 +42,7 @@ def test_every_page_once_as_the_service_answers_it_and_a_broken_file_recorded(
     subprocess.run(["cp", "-r", f"{corpus}/.", str(docs)], check=True)
     (docs / "broken.pdf").write_bytes(b"%PDF-1.7 not really")
     (docs / "copy.pdf").write_bytes((docs / "c.pdf").read_bytes())  # the same bytes, twice
-    config = config_file(tmp_path)
+    config = fake_config(tmp_path)
     out = tmp_path / "out"
 
     done = batch(docs, "-o", out, "--config", config, "--mode", "tiny")
@@ -108,7 +61,7 @@ def test_every_page_once_as_the_service_answers_it_and_a_broken_file_recorded(
     for name, pages in pages_of.items():
         stem = name.rsplit(".", 1)[0]
         answer = json.loads((out / "docs" / f"{stem}.json").read_text())
-        expected = asyncio.run(service_pages(config, (docs / name).read_bytes()))
+        (expected,) = asyncio.run(service_pages(config, [(docs / name).read_bytes()]))
         assert [without_timings(page) for page in answer["pages"]] == expected
         assert answer["pages_processed"] == pages
         assert (out / "docs" / f"{stem}.md").read_text() == answer["markdown"]
@@ -116,7 +69,7 @@ def test_every_page_once_as_the_service_answers_it_and_a_broken_file_recorded(
 
 
 def test_a_run_killed_halfway_reruns_only_the_missing_pages(corpus: Path, tmp_path: Path) -> None:
-    config = config_file(tmp_path, first_token_latency_s=0.5)
+    config = fake_config(tmp_path, first_token_latency_s=0.5)
     out = tmp_path / "out"
     args = (corpus, "-o", out, "--config", config, "--mode", "tiny", "--flush-every", "2",
             "--engine-batch", "2")  # fmt: skip
@@ -140,7 +93,7 @@ def test_a_run_killed_halfway_reruns_only_the_missing_pages(corpus: Path, tmp_pa
 
 
 def test_failed_pages_are_recorded_and_retried_alone(corpus: Path, tmp_path: Path) -> None:
-    config = config_file(tmp_path, fail_every=5)
+    config = fake_config(tmp_path, fail_every=5)
     out = tmp_path / "out"
     args = (corpus, "-o", out, "--config", config, "--mode", "tiny")
 
