@@ -52,7 +52,8 @@ test-oracle: setup
 	$(PY) -m pytest --durations=15 -m oracle $(PYTEST_ARGS)
 
 # A real vLLM engine core killed under the Serve graph: Serve replaces the replica (an extra
-# engine start, two to five minutes on CPU).
+# engine start, two to five minutes on CPU); the offline batch on the tiny vLLM checkpoint
+# against the service's answers (two engine starts, three minutes).
 test-costly: setup
 	$(PY) -m pytest --durations=15 -m costly $(PYTEST_ARGS)
 

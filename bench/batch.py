@@ -92,6 +92,8 @@ class Peak:
                 if process.info["name"].startswith("ray::") or "default_worker.py" in cmdline:
                     workers += process.info["memory_info"].rss / 2**20
             self.workers = max(self.workers, workers)
+            if not ray.is_initialized():
+                continue  # the batch starts Ray itself
             total = ray.cluster_resources().get("object_store_memory", 0)
             free = ray.available_resources().get("object_store_memory", total)
             self.store = max(self.store, (total - free) / 2**20)
@@ -116,7 +118,8 @@ def engine_models(engine: str, page_latency: float) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", choices=("fake", "rapidocr"), default="fake")
-    parser.add_argument("--pages", type=int, default=1000, help="throughput corpus, pages")
+    parser.add_argument("--pages", type=int, default=1000,
+                        help="throughput corpus, pages (0: memory only)")  # fmt: skip
     parser.add_argument("--pages-each", type=int, default=10, help="pages per document")
     parser.add_argument("--page-latency", type=float, default=0.1, help="fake engine s/page")
     parser.add_argument("--in-flight", type=int, nargs="+", default=[2, 4, 8, 16],
@@ -126,11 +129,7 @@ def main() -> None:
     parser.add_argument("--memory-pages", type=int, nargs="*", default=[1000, 10000])
     args = parser.parse_args()
 
-    import ray
-    from ray import serve
-
-    from batch.run import run
-    from serve_app.testing.serve import deployed_options, start_app
+    from serve_app.testing.serve import deployed_options
 
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     args_yaml = {"models": engine_models(args.engine, args.page_latency)}
@@ -146,6 +145,21 @@ def main() -> None:
 
     options = deployed_options(config)
     engines = options[f"EngineDeployment-{model}"]["num_replicas"]
+    if pages:
+        throughput(args, config, options, work, config_path, paths, engines, params, mode)
+    memory(args, work, config_path, engines, mode)
+
+
+def throughput(args: argparse.Namespace, config: AppConfig, options: dict[str, Any], work: Path,
+               config_path: Path, paths: list[Path], engines: int, params: dict[str, str],
+               mode: str | None) -> None:  # fmt: skip
+    import ray
+    from ray import serve
+
+    from batch.run import run
+    from serve_app.testing.serve import start_app
+
+    documents, pages = len(paths), len(paths) * args.pages_each
     url = start_app(config, name="bench-batch", options=options)
     serve_pages_per_s(url, paths[:2], 2, 2 * args.pages_each, params)  # warm-up
     rates = {n: serve_pages_per_s(url, paths, n, pages, params) for n in args.in_flight}
@@ -169,6 +183,13 @@ def main() -> None:
               f"page at {summary.first_page_s:.1f} s "
               f"({summary.steady_pages_per_s / rates[best]:.2f}x)")  # fmt: skip
         ray.shutdown()
+
+
+def memory(args: argparse.Namespace, work: Path, config_path: Path, engines: int,
+           mode: str | None) -> None:  # fmt: skip
+    import ray
+
+    from batch.run import run
 
     for count in args.memory_pages:
         folder = work / f"mem-{count}"

@@ -14,7 +14,8 @@ from serve_app.testing.synthetic import text_pdf
 from tests.batch.helpers import batch, config_file, page_rows, service_pages, without_timings
 from tests.support import EngineSlot
 
-pytestmark = [pytest.mark.engine]
+# Two engine starts (the batch's actor and the in-process reference): three minutes on CPU.
+pytestmark = [pytest.mark.engine, pytest.mark.costly]
 
 TOKENS = 8  # the tiny model never stops on its own: every page is cut at this many
 TINY_VLLM = {"kind": "vllm", "model": "tiny", "max_model_len": 4096, "max_num_seqs": 4,
