@@ -64,37 +64,13 @@ def test_the_command_says_what_is_wrong_before_starting_ray(
     touch(tmp_path, "in/a.pdf")
     config = tmp_path / "config.yaml"
     config.write_text("models: {fake: {kind: fake}}\n")
+    out = ["-o", str(tmp_path / "out"), "--config", str(config)]
 
-    assert main([str(tmp_path / "nothing"), "-o", str(tmp_path / "out")]) == 2
-    assert "no such input" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                str(tmp_path / "in"),
-                "-o",
-                str(tmp_path / "out"),
-                "--config",
-                str(config),
-                "--mode",
-                "huge",
-            ]
-        )
-        == 2
-    )
-    assert "mode" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                str(tmp_path / "in"),
-                "-o",
-                str(tmp_path / "out"),
-                "--config",
-                str(config),
-                "--model",
-                "x",
-            ]
-        )
-        == 2
-    )
-    assert "'x'" in capsys.readouterr().err
+    def refused(*args: str) -> str:
+        assert main([*args, *out]) == 2
+        return capsys.readouterr().err
+
+    assert "no such input" in refused(str(tmp_path / "nothing"))
+    assert "unknown mode 'huge'" in refused(str(tmp_path / "in"), "--mode", "huge")
+    assert "the model 'x' does not exist" in refused(str(tmp_path / "in"), "--model", "x")
     assert not (tmp_path / "out").exists()
