@@ -107,6 +107,8 @@ class Summary:
     @property
     def steady_pages_per_s(self) -> float:
         """The rate once every stage runs (after the first page), as a long run sees it."""
+        if self.pages_run < 2:
+            return self.pages_per_s
         return (self.pages_run - 1) / max(self.seconds - self.first_page_s, 1e-9)
 
 
@@ -120,11 +122,13 @@ class Batch:
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> Batch:
-        """Raises:
-        OSError: For a configuration file or input that cannot be read.
-        ValueError, yaml.YAMLError: For a bad configuration, or two inputs sharing an output
-            name.
-        ClientError: For options the configuration cannot serve (model, task, mode, pages).
+        """Read the configuration, resolve the options and find the documents.
+
+        Raises:
+            OSError: For a configuration file or input that cannot be read.
+            ValueError, yaml.YAMLError: For a bad configuration, or two inputs sharing an
+                output name.
+            ClientError: For options the configuration cannot serve (model, task, mode, pages).
         """
         config = load_config(args.config)
         return cls(config, options_of(config, args), find_documents(args.inputs, args.list))

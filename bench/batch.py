@@ -169,7 +169,7 @@ def throughput(args: argparse.Namespace, config: AppConfig, options: dict[str, A
 
     engine = (f"fake engine {args.page_latency} s/page" if args.engine == "fake"
               else "rapidocr (PP-OCRv6 tiny)")  # fmt: skip
-    print(f"{engine}; {pages} pages in {documents} PDFs (tiny mode); {engines} engine "
+    print(f"{engine}; {pages} pages in {documents} PDFs ({mode or 'page'} mode); {engines} engine "
           f"replica(s) / actor(s); machine: {os.cpu_count()} cores")  # fmt: skip
     print("Serve graph, /v1/ocr?stream=true, pages/s by documents in flight: "
           + ", ".join(f"{n}: {rate:.2f}" for n, rate in rates.items()))  # fmt: skip
