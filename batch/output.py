@@ -4,13 +4,16 @@ the same as ``/v1/ocr`` answers, once all its selected pages are written.
 
 A rerun reads ``pages/`` to skip what is done: a page is done when a row with its document's
 name, content hash and page number says ``ok`` (or ``failed``, unless failures are retried);
-the latest row of a page wins."""
+the latest row of a page wins: parts are named by run (each run numbered after the runs
+before it) and by part within the run, so their names sort in the order they were written,
+whatever the files' times say after a copy."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
@@ -27,6 +30,7 @@ logger = logging.getLogger(__name__)
 COLUMNS = ("uri", "name", "doc_hash", "kind", "page_count", "page", "pages_selected", "status",
            "page_json")  # fmt: skip
 Key = tuple[str, str, int]
+PART = re.compile(r"part-(\d{6})-\d{6}-[0-9a-f]+\.parquet")
 
 
 class Output:
@@ -37,13 +41,20 @@ class Output:
         self.root = root
         self.pages_dir = root / "pages"
         self.docs_dir = root / "docs"
-        self._run = uuid.uuid4().hex[:8]
-        self._parts = 0
+        earlier = (PART.fullmatch(part.name) for part in self._parts())
+        self._run = 1 + max((int(match[1]) for match in earlier if match), default=0)
+        self._written = 0
+        # Two runs started at once on one folder would share a number, not a file name.
+        self._tag = uuid.uuid4().hex[:8]
+
+    def _parts(self) -> list[Path]:
+        """The page parts, in the order they were written."""
+        return sorted(self.pages_dir.glob("part-*.parquet"))
 
     def rows(self) -> list[dict[str, Any]]:
         """Every page row written so far, oldest part first (unreadable parts skipped)."""
         out: list[dict[str, Any]] = []
-        for part in sorted(self.pages_dir.glob("*.parquet"), key=lambda p: p.stat().st_mtime_ns):
+        for part in self._parts():
             try:
                 out += pq.read_table(part).to_pylist()
             except (OSError, pa.ArrowInvalid) as exc:
@@ -60,8 +71,8 @@ class Output:
         if not rows:
             return
         self.pages_dir.mkdir(parents=True, exist_ok=True)
-        self._parts += 1
-        final = self.pages_dir / f"part-{self._run}-{self._parts:06d}.parquet"
+        self._written += 1
+        final = self.pages_dir / f"part-{self._run:06d}-{self._written:06d}-{self._tag}.parquet"
         temporary = final.with_suffix(".parquet.tmp")
         table = pa.Table.from_pylist([{c: row[c] for c in COLUMNS} for row in rows])
         pq.write_table(table, temporary)

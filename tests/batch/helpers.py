@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import yaml
 
+from batch.output import Output
 from batch.run import load_config
 from serve_app.documents.door import Door, RequestFields
 from serve_app.documents.run import DocumentRunner
@@ -41,8 +41,8 @@ def batch(*args: str | Path, wait: bool = True, timeout: float = 300) -> Any:
 
 
 def page_rows(out: Path) -> list[dict[str, Any]]:
-    return [row for part in sorted((out / "pages").glob("*.parquet"))
-            for row in pq.read_table(part).to_pylist()]  # fmt: skip
+    """Every row the batch wrote to ``out``, in the order it wrote them."""
+    return Output(out).rows()
 
 
 def without_timings(page: dict[str, Any]) -> dict[str, Any]:
