@@ -12,7 +12,9 @@ from batch.output import Output, failures
 
 
 def row(page: int, status: str) -> dict[str, Any]:
-    error = {"error": {"code": "generation_failed", "message": "boom"}} if status == "failed" else {}
+    error = (
+        {"error": {"code": "generation_failed", "message": "boom"}} if status == "failed" else {}
+    )
     return {"uri": "file:///a.pdf", "name": "a", "doc_hash": "h", "kind": "pdf", "page_count": 2,
             "page": page, "pages_selected": 2, "status": status,
             "page_json": json.dumps({"page": page, **error})}  # fmt: skip
