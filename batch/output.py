@@ -23,13 +23,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.plan import page_key
+from batch.plan import Key, page_key
 from serve_app.jobs.results import result_markdown, stored_result_json
 
 logger = logging.getLogger(__name__)
 COLUMNS = ("uri", "name", "doc_hash", "kind", "page_count", "page", "pages_selected", "status",
            "page_json")  # fmt: skip
-Key = tuple[str, str, int]
+
 PART = re.compile(r"part-(\d{6})-\d{6}-[0-9a-f]+\.parquet")
 
 

@@ -8,15 +8,22 @@ import hashlib
 import json
 from typing import Any
 
+import pyarrow as pa
+
 from serve_app.config import PreprocessConfig
 from serve_app.documents.messages import OCROptions
 from serve_app.documents.stages import Preprocessor
 from serve_app.errors import as_ocr_error
 
 Row = dict[str, Any]
+Key = tuple[str, str, int]
+SCHEMA = pa.schema([("uri", pa.string()), ("name", pa.string()), ("doc_hash", pa.string()),
+                    ("kind", pa.string()), ("page_count", pa.int64()), ("index", pa.int64()),
+                    ("page", pa.int64()), ("pages_selected", pa.int64()),
+                    ("error", pa.string())])  # fmt: skip
 
 
-def page_key(row: Row) -> tuple[str, str, int]:
+def page_key(row: Row) -> Key:
     """What identifies a page across runs: the document's name, its content and the page."""
     return str(row["name"]), str(row["doc_hash"]), int(row["page"])
 
@@ -27,13 +34,20 @@ def error_json(exc: BaseException) -> str:
 
 
 class Planner:
-    """A Ray Data ``flat_map`` stage: a document's row in, its page rows out."""
+    """A Ray Data ``map_batches`` stage: documents in, the rows of their pages not yet done
+    out (a table, so that a batch whose pages are all done still has the plan's columns)."""
 
-    def __init__(self, config: PreprocessConfig, options: OCROptions, max_pages: int) -> None:
+    def __init__(self, config: PreprocessConfig, options: OCROptions, max_pages: int,
+                 done: set[Key]) -> None:  # fmt: skip
         self._pre = Preprocessor(config)
-        self._options, self._max_pages = options, max_pages
+        self._options, self._max_pages, self._done = options, max_pages, done
 
-    def __call__(self, document: Row) -> list[Row]:
+    def __call__(self, documents: pa.Table) -> pa.Table:
+        rows = [row for document in documents.to_pylist() for row in self.pages(document)]
+        return pa.Table.from_pylist([r for r in rows if page_key(r) not in self._done], SCHEMA)
+
+    def pages(self, document: Row) -> list[Row]:
+        """A document's page rows, or one row with its error (page 0)."""
         from batch.inputs import read_bytes
 
         base: Row = {"uri": document["uri"], "name": document["name"], "doc_hash": "",

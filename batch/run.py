@@ -25,7 +25,7 @@ import yaml
 
 from batch.inputs import InputDocument, find_documents
 from batch.output import Output, failures
-from batch.plan import Planner, page_key
+from batch.plan import Planner
 from batch.stages import Finish, Prepare, Recognize
 from serve_app.config import AppConfig
 from serve_app.documents.door import Door, RequestFields
@@ -33,6 +33,7 @@ from serve_app.documents.messages import OCROptions
 from serve_app.errors import ClientError
 
 logger = logging.getLogger("batch")
+PAGES_PER_BLOCK = 4
 
 
 def load_config(path: Path) -> AppConfig:
@@ -150,18 +151,22 @@ def run(args: argparse.Namespace, batch: Batch | None = None) -> Summary:
         ray.init(address=args.address, num_cpus=cpus, log_to_driver=False)
     start = time.perf_counter()
     items: list[dict[str, Any]] = [{"uri": d.uri, "name": d.name} for d in documents]
+    pool = ray.data.ActorPoolStrategy
     # Ray's annotations take functions; callable classes (actors) are what it runs here.
     dataset = (
         ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
-        .flat_map(Planner, fn_constructor_args=(config.preprocess, options, args.max_pages),
-                  concurrency=args.cpu_actors)
-        .filter(lambda row: page_key(row) not in skip)
+        # A document a call. Its pages would leave as one block, and a block goes to one actor:
+        # small blocks spread a long document's pages over every actor downstream.
+        .map_batches(Planner, batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
+                     fn_constructor_args=(config.preprocess, options, args.max_pages, skip),
+                     compute=pool(min_size=1, max_size=args.cpu_actors))
+        .repartition(target_num_rows_per_block=PAGES_PER_BLOCK)
         .map(Prepare, fn_constructor_args=(config.preprocess, options),  # type: ignore[arg-type]
-             concurrency=args.cpu_actors)
+             compute=pool(size=args.cpu_actors))
         .map_batches(Recognize, fn_constructor_args=(engine, options), batch_size=args.engine_batch,
-                     concurrency=args.engines, num_gpus=args.engine_gpus or None)
+                     compute=pool(size=args.engines), num_gpus=args.engine_gpus or None)
         .map(Finish, fn_constructor_args=(config.postprocess, options),  # type: ignore[arg-type]
-             concurrency=args.cpu_actors)
+             compute=pool(size=args.cpu_actors))
     )  # fmt: skip
     pending: list[dict[str, Any]] = []
     ran = failed = 0
