@@ -46,8 +46,8 @@ browser-deps:
 test: setup system-deps
 	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
-# Plain vLLM beside our plugin on costly shapes (A4, 4000x300, DeepSeek-OCR-2): run after
-# changing the plugin, tiling or the vLLM pin (about 10 minutes more on a slow CPU).
+# Plain vLLM beside our plugin (small pages, A4, 4000x300, DeepSeek-OCR-2): each an engine start
+# of its own; run after changing the plugin, tiling or the vLLM pin (10 minutes on a slow CPU).
 test-oracle: setup
 	$(PY) -m pytest --durations=15 -m oracle $(PYTEST_ARGS)
 

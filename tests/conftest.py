@@ -58,12 +58,21 @@ def engine_slot() -> EngineSlot:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    """Shut the engine down once no test of this module or the next one can use it."""
-    last = nextitem is None or (
-        nextitem.path != item.path and nextitem.get_closest_marker("engine") is None
-    )
-    if last:
+    """Shut the engine down unless a test ahead may use it: one of this module, or of the next
+    module needing an engine in this folder (a start is a minute or more on CPU; an idle engine
+    costs the engine-free modules between, rapidocr's, a quarter of a core)."""
+    if nextitem is None or not _engine_may_be_used_ahead(item):
         _ENGINE_SLOT.release()
+
+
+def _engine_may_be_used_ahead(item: pytest.Item) -> bool:
+    items = item.session.items
+    for later in items[items.index(item) + 1 :]:
+        if later.path.parent != item.path.parent:
+            return False
+        if later.path == item.path or later.get_closest_marker("engine") is not None:
+            return True
+    return False
 
 
 @pytest.fixture(scope="module")

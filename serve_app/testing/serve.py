@@ -73,8 +73,7 @@ def start_app(
         ray.init(num_cpus=16, include_dashboard=False, object_store_memory=512 * 2**20,
                  _temp_dir=RAY_TEMP_DIR, log_to_driver=False,
                  _metrics_export_port=free_port())  # fmt: skip
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = _serving_port()
     app = build_graph(config, options)
     if wait:
         serve.run(app, name=name, route_prefix=route_prefix)
@@ -85,6 +84,39 @@ def start_app(
         target = RunTarget(target=app, name=name, route_prefix=route_prefix)
         _run_many([target], wait_for_applications_running=False)
     return f"http://127.0.0.1:{port}{route_prefix.rstrip('/')}"
+
+
+_port: int | None = None  # the HTTP port of the Serve instance this process started
+
+
+def _serving_port() -> int:
+    """Serve's HTTP port: the running instance's when this process started it (its controller
+    and proxy outlive applications, and a start is ~15 s on two cores), else a new one's."""
+    import ray
+    from ray import serve
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    global _port
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        _port = None  # none running (Ray or Serve was shut down since)
+    else:
+        if _port is not None:
+            return _port
+        # Started elsewhere, on a port this process does not know.
+        serve.shutdown()  # type: ignore[no-untyped-call]
+    _port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": _port})
+    return _port
+
+
+def stop_apps() -> None:
+    """Delete every application, keeping Serve running for the next :func:`start_app`."""
+    from ray import serve
+
+    for name in list(serve.status().applications):
+        serve.delete(name)
 
 
 def with_env(

@@ -20,6 +20,7 @@ from serve_app.documents.stages import LocalStages
 
 def config_file(folder: Path, models: dict[str, Any]) -> Path:
     """A Serve config file serving ``models``, as ``serve_config.yaml`` is written."""
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.yaml"
     args = {"models": models}
     path.write_text(yaml.safe_dump({"applications": [{"name": "ocr", "args": args}]}))

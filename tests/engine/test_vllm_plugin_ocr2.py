@@ -1,7 +1,9 @@
 """DeepSeek-OCR-2 through the same plugin route: its own tiny checkpoint and engine.
 
 Runs after ``test_vllm_plugin.py`` (file order), so the DeepSeek-OCR engines are gone before
-this module starts its own. Equality with plain vLLM costs a second engine: ``-m oracle``.
+this module starts its own. That start (two minutes on an AVX2 CPU) and plain vLLM's make
+both tests oracle tests (``make test-oracle``): run them after a change to the plugin, tiling or
+the vLLM pin.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from serve_app.testing.synthetic import noise_rgb
 from tests.engine.conftest import OCR2_CONFIG, builtin_engine, builtin_generate, plugin_engine
 from tests.support import EngineSlot, LoopThread
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.oracle]
 
 PROMPT = build_prompt(Task.DOCUMENT)
 NOISE = noise_rgb(1000, 500, seed=8)  # 768 tiles: a 2x1 grid
@@ -52,7 +54,6 @@ def test_ocr2_sees_the_image(engine_slot: EngineSlot, loop: LoopThread) -> None:
     assert ours.logprobs != white.logprobs
 
 
-@pytest.mark.oracle
 def test_ocr2_equals_plain_vllm(engine_slot: EngineSlot, loop: LoopThread) -> None:
     ours = noise_page(engine_slot, loop)
     params = plugin_engine(engine_slot, loop, OCR2_CONFIG).sampling_params(request_for(NOISE))

@@ -8,13 +8,11 @@ import httpx
 import pytest
 
 from serve_app.config import AppConfig
-from serve_app.testing.serve import start_app
+from serve_app.testing.serve import start_app, stop_apps
 
 
 @pytest.fixture(scope="module")
 def fake_app() -> Iterator[httpx.Client]:
-    from ray import serve
-
     config = AppConfig.model_validate(
         {"models": {"deepseek-ocr": {"kind": "fake", "fake": {"fail_every": 5}}},
          "ingress": {"max_pages": 20, "max_upload_bytes": 5_000_000}}
@@ -22,4 +20,4 @@ def fake_app() -> Iterator[httpx.Client]:
     url = start_app(config)
     with httpx.Client(base_url=url, timeout=60) as client:
         yield client
-    serve.shutdown()
+    stop_apps()

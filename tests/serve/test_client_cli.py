@@ -21,7 +21,7 @@ import pytest
 
 from dsocr.state import STATE_FILE, State
 from serve_app.config import AppConfig
-from serve_app.testing.serve import SERVE_LOGS, start_app
+from serve_app.testing.serve import SERVE_LOGS, start_app, stop_apps
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
 
 pytestmark = pytest.mark.serve
@@ -34,7 +34,6 @@ THRESHOLD = ["--job-threshold", "5"]  # c_big.pdf goes as a job, the rest as str
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from ray import serve
 
     store = tmp_path_factory.mktemp("jobs") / "jobs.db"
     config = AppConfig.model_validate({
@@ -44,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                  "pages_in_flight": 1},
     })  # fmt: skip
     yield start_app(config, name=APP)
-    serve.shutdown()
+    stop_apps()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 
 from serve_app.config import AppConfig
 from serve_app.errors import RateLimitedError
-from serve_app.testing.serve import start_app
+from serve_app.testing.serve import start_app, stop_apps
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
 
 pytestmark = pytest.mark.serve
@@ -36,8 +36,6 @@ ENGINE = {"max_ongoing_requests": 2, "max_queued_requests": 2}
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    from ray import serve
-
     config = AppConfig.model_validate(
         {"models": {"deepseek-ocr": {"kind": "fake", "fake": {"first_token_latency_s": PAGE_S}}},
          "ingress": {"max_working_requests": WORKING, "max_waiting_requests": WAITING}}
@@ -45,7 +43,7 @@ def url() -> Iterator[str]:
     yield start_app(
         config, name=APP, options={"OCRIngress": INGRESS, "EngineDeployment-deepseek-ocr": ENGINE}
     )
-    serve.shutdown()
+    stop_apps()
 
 
 def concurrently(n: int, call: Callable[[httpx.Client], httpx.Response], url: str) -> list[Any]:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from serve_app.config import AppConfig
-from serve_app.testing.serve import start_app
+from serve_app.testing.serve import start_app, stop_apps
 from serve_app.testing.synthetic import text_pdf
 from tests.unit.test_pipeline import POISON
 
@@ -27,8 +27,6 @@ PAGE_S = 2.0
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[httpx.Client]:
-    from ray import serve
-
     # Every page takes PAGE_S; a 600-pixel-wide page runs one second more, then its engine dies
     # with every page in flight; the replica lives on until its health check fails.
     config = AppConfig.model_validate(
@@ -38,7 +36,7 @@ def client() -> Iterator[httpx.Client]:
     url = start_app(config, name=APP)
     with httpx.Client(base_url=url, timeout=120) as http:
         yield http
-    serve.shutdown()
+    stop_apps()
 
 
 def engine(name: str) -> Any:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from serve_app.config import AppConfig
-from serve_app.testing.serve import start_app
+from serve_app.testing.serve import start_app, stop_apps
 from tests.serve.jobs_helpers import PAGES, every_page_once, submit, wait_for
 
 pytestmark = pytest.mark.serve
@@ -39,12 +39,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(store: Path) -> Iterator[httpx.Client]:
-    from ray import serve
 
     url = start_app(app_config(store, 0.3), name=APP)
     with httpx.Client(base_url=url, timeout=60) as http:
         yield http
-    serve.shutdown()
+    stop_apps()
 
 
 def call(deployment: str, method: str) -> Any:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from serve_app.config import AppConfig
-from serve_app.testing.serve import SERVE_LOGS, start_app
+from serve_app.testing.serve import SERVE_LOGS, start_app, stop_apps
 from tests.serve.jobs_helpers import PAGES, every_page_once, submit, wait_for
 
 pytestmark = pytest.mark.serve
@@ -38,12 +38,11 @@ def blobs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(redis_url: str, blobs: Path) -> Iterator[httpx.Client]:
-    from ray import serve
 
     url = start_app(app_config(redis_url, blobs, 0.3), name=APP, options=OPTIONS)
     with httpx.Client(base_url=url, timeout=60) as http:
         yield http
-    serve.shutdown()
+    stop_apps()
 
 
 def replicas_that_served(job_id: str) -> set[str]:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from serve_app.config import AppConfig
-from serve_app.testing.serve import start_app
+from serve_app.testing.serve import start_app, stop_apps
 from serve_app.testing.synthetic import encode, noise_rgb
 
 pytestmark = pytest.mark.serve
@@ -21,8 +21,6 @@ APP = "ocr-limits"
 
 @pytest.fixture(scope="module")
 def slow_app() -> Iterator[httpx.Client]:
-    from ray import serve
-
     # ~0.05 s per token and ~150 tokens per page: a page takes ~8 s unless cut short.
     config = AppConfig.model_validate(
         {"models": {"deepseek-ocr": {"kind": "fake", "fake": {"token_latency_s": 0.05, "tokens_per_update": 1}}},
@@ -31,7 +29,7 @@ def slow_app() -> Iterator[httpx.Client]:
     url = start_app(config, name=APP)
     with httpx.Client(base_url=url, timeout=30) as client:
         yield client
-    serve.shutdown()
+    stop_apps()
 
 
 def engine_unfinished() -> int:

@@ -6,10 +6,9 @@ import json
 
 import httpx
 import pytest
-from ray import serve
 
 from serve_app.config import AppConfig
-from serve_app.testing.serve import start_app
+from serve_app.testing.serve import start_app, stop_apps
 from serve_app.testing.synthetic import text_pdf
 
 pytestmark = pytest.mark.serve
@@ -30,7 +29,7 @@ def test_300_pages_in_order_none_missing() -> None:
             assert r.status_code == 200
             lines = [json.loads(line) for line in r.iter_lines() if line]
     finally:
-        serve.shutdown()
+        stop_apps()
     pages, summary = lines[:-1], lines[-1]
     assert [p["page"] for p in pages] == list(range(1, 301))
     failed = [p["page"] for p in pages if "error" in p]

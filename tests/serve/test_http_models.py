@@ -14,7 +14,7 @@ import pytest
 
 from serve_app.config import AppConfig
 from serve_app.testing.docset import Case, exif_jpeg_case, pdf_cases, png_case, text_page
-from serve_app.testing.serve import start_app
+from serve_app.testing.serve import start_app, stop_apps
 from tests.browsers import Console, box_of, wait_for_status
 
 pytestmark = pytest.mark.serve
@@ -35,8 +35,6 @@ def cases() -> list[Case]:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[httpx.Client]:
-    from ray import serve
-
     config = AppConfig.model_validate({"models": {
         "rapidocr": {"kind": "rapidocr"},
         "deepseek-ocr": {"kind": "fake"},
@@ -44,7 +42,7 @@ def client() -> Iterator[httpx.Client]:
     url = start_app(config, name=APP)
     with httpx.Client(base_url=url, timeout=120) as http:
         yield http
-    serve.shutdown()
+    stop_apps()
 
 
 def post(client: httpx.Client, case: Case, **fields: str) -> httpx.Response:

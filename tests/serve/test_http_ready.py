@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from serve_app.config import AppConfig
-from serve_app.testing.serve import start_app
+from serve_app.testing.serve import start_app, stop_apps
 
 pytestmark = pytest.mark.serve
 
@@ -82,4 +82,4 @@ def test_ready_waits_for_every_engine_replica() -> None:
             engine = serve.status().applications[APP].deployments["EngineDeployment-deepseek-ocr"]
             assert engine.replica_states == {"RUNNING": 2}
     finally:
-        serve.shutdown()
+        stop_apps()

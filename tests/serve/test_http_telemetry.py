@@ -13,7 +13,7 @@ import pytest
 
 from serve_app.config import AppConfig
 from serve_app.testing.otlp import CollectedSpan, Collector
-from serve_app.testing.serve import metrics_url, start_app, with_env
+from serve_app.testing.serve import metrics_url, start_app, stop_apps, with_env
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
 
 pytestmark = pytest.mark.serve
@@ -32,8 +32,6 @@ def collector() -> Iterator[Collector]:
 
 @pytest.fixture(scope="module")
 def client(collector: Collector) -> Iterator[httpx.Client]:
-    from ray import serve
-
     # Every 4th engine request fails; one request at a time, none waiting: a second is a 429.
     config = AppConfig.model_validate(
         {"models": {"deepseek-ocr": {"kind": "fake", "fake": {"fail_every": 4, "first_token_latency_s": 0.3}}},
@@ -49,7 +47,7 @@ def client(collector: Collector) -> Iterator[httpx.Client]:
     url = start_app(config, name=APP, options=options)
     with httpx.Client(base_url=url, timeout=60) as http:
         yield http
-    serve.shutdown()
+    stop_apps()
 
 
 def ocr(client: httpx.Client, data: bytes, name: str) -> httpx.Response:

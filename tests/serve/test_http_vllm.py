@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from serve_app.config import AppConfig
-from serve_app.testing.serve import metrics_url, start_app
+from serve_app.testing.serve import metrics_url, start_app, stop_apps
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
 from tests.engine.conftest import A4_MAX_TOKENS, plugin_a4_page
 from tests.serve.openai_helpers import client, image_message
@@ -31,9 +31,8 @@ def serve_vllm_app(slot: EngineSlot) -> str:
         return start_app(config, name="ocr-vllm")
 
     def stop(_: str) -> None:
-        from ray import serve
 
-        serve.shutdown()
+        stop_apps()
 
     return slot.acquire("serve-vllm", start, stop)
 

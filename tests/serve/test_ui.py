@@ -20,7 +20,7 @@ import pytest
 
 from serve_app.api.auth import hash_key
 from serve_app.config import AppConfig
-from serve_app.testing.serve import start_app, with_env
+from serve_app.testing.serve import start_app, stop_apps, with_env
 from serve_app.testing.synthetic import text_pdf
 from tests.browsers import SCREENSHOTS, Console, box_of, wait_for_status
 
@@ -36,7 +36,6 @@ NARROW = {"width": 390, "height": 844}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from ray import serve
 
     store = tmp_path_factory.mktemp("jobs") / "jobs.db"
     config = AppConfig.model_validate({
@@ -48,7 +47,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     })  # fmt: skip
     yield start_app(config, name=APP, options=with_env({"OCR_API_KEY_HASHES": hash_key(KEY)},
                                                         config))  # fmt: skip
-    serve.shutdown()
+    stop_apps()
 
 
 @pytest.fixture(scope="module")
