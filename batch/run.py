@@ -74,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-pages", type=int, default=100_000, help="pages per document")
     parser.add_argument("--flush-every", type=int, default=64, help="pages per Parquet part")
     parser.add_argument(
+        "--store-mb",
+        type=int,
+        help="object store MiB the pages queued between stages may hold (default: Ray Data's, "
+        "half the cluster's object store); caps memory in front of a slow engine",
+    )
+    parser.add_argument(
         "--address", help="a Ray cluster to join (default: RAY_ADDRESS or a local one)"
     )
     return parser.parse_args(argv)  # fmt: skip
@@ -145,10 +151,16 @@ def run(args: argparse.Namespace, batch: Batch | None = None) -> Summary:
     if not ray.is_initialized():
         # A local cluster declares at least a CPU per actor (and one for Ray Data's tasks):
         # on a small machine they share the cores rather than wait for each other.
-        needed = 3 * args.cpu_actors + args.engines + 1
+        needed = 2 * args.cpu_actors + args.engines + 1
         joining = args.address or os.environ.get("RAY_ADDRESS")
         cpus = None if joining else max(os.cpu_count() or 1, needed)
         ray.init(address=args.address, num_cpus=cpus, log_to_driver=False)
+    if args.store_mb:
+        context = ray.data.DataContext.get_current()
+        limits = context.execution_options.resource_limits
+        context.execution_options.resource_limits = limits.copy(
+            object_store_memory=args.store_mb * 2**20
+        )
     start = time.perf_counter()
     items: list[dict[str, Any]] = [{"uri": d.uri, "name": d.name} for d in documents]
     pool = ray.data.ActorPoolStrategy
@@ -156,13 +168,15 @@ def run(args: argparse.Namespace, batch: Batch | None = None) -> Summary:
     dataset = (
         ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
         # A document a call. Its pages would leave as one block, and a block goes to one actor:
-        # small blocks spread a long document's pages over every actor downstream.
-        .map_batches(Planner, batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
-                     fn_constructor_args=(config.preprocess, options, args.max_pages, skip),
-                     compute=pool(min_size=1, max_size=args.cpu_actors))
+        # small blocks spread a long document's pages over every actor downstream. Tasks, not
+        # actors: Ray Data fuses the split into the planning task (no second set of workers).
+        .map_batches(Planner(config.preprocess, options, args.max_pages, skip), batch_size=1,
+                     batch_format="pyarrow", zero_copy_batch=True)
         .repartition(target_num_rows_per_block=PAGES_PER_BLOCK)
+        # SPREAD is what Ray Data gives actors anyway; said here, it keeps the planning tasks
+        # from being fused into these actors (a document's pages would stay on one actor).
         .map(Prepare, fn_constructor_args=(config.preprocess, options),  # type: ignore[arg-type]
-             compute=pool(size=args.cpu_actors))
+             compute=pool(size=args.cpu_actors), scheduling_strategy="SPREAD")
         .map_batches(Recognize, fn_constructor_args=(engine, options), batch_size=args.engine_batch,
                      compute=pool(size=args.engines), num_gpus=args.engine_gpus or None)
         .map(Finish, fn_constructor_args=(config.postprocess, options),  # type: ignore[arg-type]

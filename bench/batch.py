@@ -102,13 +102,20 @@ class Peak:
 
 
 def batch_args(
-    inputs: Path, out: Path, config: Path, engines: int, cpu_actors: int, mode: str | None
+    inputs: Path,
+    out: Path,
+    config: Path,
+    engines: int,
+    cpu_actors: int,
+    mode: str | None,
+    store_mb: int | None = None,
 ) -> argparse.Namespace:
     from batch.run import parse_args
 
     return parse_args([str(inputs), "-o", str(out), "--config", str(config), "--engines",
                        str(engines), "--cpu-actors", str(cpu_actors), "--flush-every", "256",
-                       *(["--mode", mode] if mode else [])])  # fmt: skip
+                       *(["--mode", mode] if mode else []),
+                       *(["--store-mb", str(store_mb)] if store_mb else [])])  # fmt: skip
 
 
 def engine_models(engine: str, page_latency: float) -> dict[str, Any]:
@@ -129,6 +136,9 @@ def main() -> None:
     parser.add_argument("--cpu-actors", type=int, nargs="+", default=[1, 2],
                         help="batch preprocess/postprocess actors tried")  # fmt: skip
     parser.add_argument("--memory-pages", type=int, nargs="*", default=[1000, 10000])
+    parser.add_argument(
+        "--store-mb", type=int, nargs="*", default=[0], help="the batch's --store-mb (0: Ray's)"
+    )
     args = parser.parse_args()
 
     from serve_app.testing.serve import deployed_options
@@ -202,17 +212,20 @@ def memory(args: argparse.Namespace, work: Path, config_path: Path, engines: int
 
     from batch.run import run
 
-    for count in args.memory_pages:
-        folder = work / f"mem-{count}"
-        corpus(folder, count, 1)
-        with Peak() as peak:
-            done = run(batch_args(folder, work / f"mem-out-{count}", config_path, engines,
-                                  max(args.cpu_actors), mode))  # fmt: skip
-        assert done.pages_run == count and not done.failures
-        print(f"{count} one-page PDFs: {done.pages_per_s:.2f} pages/s; peak resident MiB: "
-              f"driver {peak.driver:.0f}, Ray workers {peak.workers:.0f}; object store peak "
-              f"{peak.store:.0f} MiB")  # fmt: skip
-        ray.shutdown()
+    for store_mb in args.store_mb:
+        for count in args.memory_pages:
+            folder = work / f"mem-{count}"
+            if not folder.exists():
+                corpus(folder, count, 1)
+            with Peak() as peak:
+                done = run(batch_args(folder, work / f"mem-out-{count}-{store_mb}", config_path,
+                                      engines, max(args.cpu_actors), mode, store_mb))  # fmt: skip
+            assert done.pages_run == count and not done.failures
+            budget = f"--store-mb {store_mb}" if store_mb else "Ray Data's store budget"
+            print(f"{count} one-page PDFs, {budget}: {done.pages_per_s:.2f} pages/s; peak "
+                  f"resident MiB: driver {peak.driver:.0f}, Ray workers {peak.workers:.0f}; "
+                  f"object store peak {peak.store:.0f} MiB")  # fmt: skip
+            ray.shutdown()
 
 
 if __name__ == "__main__":

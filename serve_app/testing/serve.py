@@ -47,6 +47,21 @@ def deployed_options(
     return options
 
 
+def local_ray(num_cpus: int = 16) -> str:
+    """Start Ray in this process unless it runs (a local cluster of ``num_cpus`` logical CPUs,
+    512 MiB of object store) and return its address, for other drivers to join
+    (``RAY_ADDRESS``)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        # Logical CPUs are bookkeeping only; replicas and actors share the real cores.
+        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=512 * 2**20,
+                 _temp_dir=RAY_TEMP_DIR, log_to_driver=False,
+                 _metrics_export_port=free_port())  # fmt: skip
+    return str(ray.get_runtime_context().gcs_address)
+
+
 def start_app(
     config: AppConfig,
     name: str = "ocr-test",
@@ -62,17 +77,11 @@ def start_app(
     routes may answer 404 or 503 until the ingress is up). A second application beside a
     running one needs its own ``route_prefix``.
     """
-    import ray
     from ray import serve
 
     from deployments.app import build_graph
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not ray.is_initialized():
-        # Logical CPUs are bookkeeping only; replicas ask for fractions of them.
-        ray.init(num_cpus=16, include_dashboard=False, object_store_memory=512 * 2**20,
-                 _temp_dir=RAY_TEMP_DIR, log_to_driver=False,
-                 _metrics_export_port=free_port())  # fmt: skip
+    local_ray()
     port = _serving_port()
     app = build_graph(config, options)
     if wait:

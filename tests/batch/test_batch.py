@@ -1,7 +1,7 @@
 """The offline batch path (``python -m batch``) on Ray Data with the fake engine:
 every page once, the same page objects as the service's document run, failures recorded and
-retried alone, resumable after a kill. Each run starts Ray and its actors (half a minute on
-two cores): a test makes the most of its runs."""
+retried alone, resumable after a kill. Each run joins the module's Ray cluster and starts its
+actors (20-30 s on two cores): a test makes the most of its runs."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_page_once_as_the_service_answers_it_failures_recorded_and_retried_alone(
-    corpus: Path, tmp_path: Path
+    corpus: Path, tmp_path: Path, ray_address: str
 ) -> None:
     docs = tmp_path / "in"
     subprocess.run(["cp", "-r", f"{corpus}/.", str(docs)], check=True)
@@ -49,7 +49,7 @@ def test_every_page_once_as_the_service_answers_it_failures_recorded_and_retried
     pages_of = {**PDF_PAGES, "copy.pdf": PDF_PAGES["c.pdf"], **dict.fromkeys(IMAGES, 1)}
     total = sum(pages_of.values()) + 1  # and the broken file's row
 
-    first = batch(*args)
+    first = batch(*args, address=ray_address)
 
     assert first.returncode == 1, first.stdout
     failed_pages = sum(pages_of.values()) // 5
@@ -72,7 +72,7 @@ def test_every_page_once_as_the_service_answers_it_failures_recorded_and_retried
         assert answer["pages"][page - 1]["error"]["code"] == "generation_failed"
         assert answer["pages_failed"] >= 1
 
-    again = batch(*args, "--retry-failed")
+    again = batch(*args, "--retry-failed", address=ray_address)
 
     assert again.returncode == 1, again.stdout  # the broken file fails again
     assert f"{len(failed) + 1} pages run now (1 failed)" in again.stdout
@@ -92,12 +92,14 @@ def test_every_page_once_as_the_service_answers_it_failures_recorded_and_retried
     assert not (out / "docs" / "broken.json").exists()
 
 
-def test_a_run_killed_halfway_reruns_only_the_missing_pages(corpus: Path, tmp_path: Path) -> None:
+def test_a_run_killed_halfway_reruns_only_the_missing_pages(
+    corpus: Path, tmp_path: Path, ray_address: str
+) -> None:
     config = fake_config(tmp_path, first_token_latency_s=0.5)
     out = tmp_path / "out"
     args = (corpus, "-o", out, "--config", config, "--mode", "tiny", "--flush-every", "2",
             "--engine-batch", "2")  # fmt: skip
-    first = batch(*args, wait=False)
+    first = batch(*args, address=ray_address, wait=False)
     deadline = time.monotonic() + 240
     while len(page_rows(out)) < 4 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -106,7 +108,7 @@ def test_a_run_killed_halfway_reruns_only_the_missing_pages(corpus: Path, tmp_pa
     before = {(row["name"], row["page"]) for row in page_rows(out)}
     assert 4 <= len(before) < TOTAL, "the kill came too late to test a rerun"
 
-    rerun = batch(*args)
+    rerun = batch(*args, address=ray_address)
 
     assert rerun.returncode == 0, rerun.stdout
     assert f"{TOTAL - len(before)} pages run now (0 failed)" in rerun.stdout

@@ -23,7 +23,7 @@ TINY_VLLM = {"kind": "vllm", "model": "tiny", "max_model_len": 4096, "max_num_se
 
 
 def test_tiny_vllm_pages_are_answered_as_the_service_answers_them(
-    tmp_path: Path, engine_slot: EngineSlot
+    tmp_path: Path, engine_slot: EngineSlot, ray_address: str
 ) -> None:
     engine_slot.release()  # the batch's engine actor is the only engine alive
     docs = tmp_path / "in"
@@ -35,7 +35,9 @@ def test_tiny_vllm_pages_are_answered_as_the_service_answers_them(
     config = config_file(tmp_path, {"deepseek-ocr": TINY_VLLM})
     out = tmp_path / "out"
 
-    done = batch(docs, "-o", out, "--config", config, "--mode", "tiny", timeout=420)
+    done = batch(
+        docs, "-o", out, "--config", config, "--mode", "tiny", address=ray_address, timeout=420
+    )
 
     assert done.returncode == 1, done.stdout + done.stderr
     assert "4 pages run now (1 failed)" in done.stdout
