@@ -12,6 +12,7 @@ from deployments.page_data import StoredPage
 from deployments.telemetry import setup_replica
 from serve_app.config import PreprocessConfig
 from serve_app.core.gate import PriorityGate
+from serve_app.core.pdf import load_mupdf
 from serve_app.core.tiling import PageImage
 from serve_app.documents.messages import DocumentInfo, OCROptions, PageTask, PreparedPage
 from serve_app.documents.stages import Preprocessor
@@ -21,6 +22,7 @@ from serve_app.documents.stages import Preprocessor
 class PreprocessDeployment:
     def __init__(self, config: PreprocessConfig) -> None:
         setup_replica("preprocess")
+        load_mupdf()  # now, not on the first PDF's clock
         self._pre = Preprocessor(config)
         self._turns = PriorityGate(config.pages_at_once)
 

@@ -11,7 +11,6 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import pymupdf
 from PIL import Image
 
 from serve_app.core.annotate import annotate, crop_figures, encode_jpeg
@@ -156,6 +155,8 @@ def layout_pdf(pages: Sequence[PageResult], *, dpi: float = 72) -> bytes:
 
     Pages without an annotated image are skipped.
     """
+    import pymupdf  # a second or more on first import; most processes never need it
+
     doc = pymupdf.open()
     try:
         for page in pages:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-import pymupdf
 from PIL import Image
 
 from serve_app.errors import (
@@ -21,6 +21,9 @@ from serve_app.errors import (
     InvalidPageRangeError,
     TooManyPagesError,
 )
+
+if TYPE_CHECKING:
+    import pymupdf
 
 DEFAULT_DPI = 144
 MIN_DPI = 36
@@ -148,7 +151,7 @@ class PdfDocument:
                     f"page {index + 1} at {dpi} dpi is {width:.0f}x{height:.0f} pixels; "
                     f"the limit is {max_pixels} (lower 'dpi')"
                 )
-            pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), alpha=False)
+            pix = page.get_pixmap(matrix=load_mupdf().Matrix(zoom, zoom), alpha=False)
         except (RuntimeError, ValueError) as exc:
             raise CorruptDocumentError(f"page {index + 1} cannot be rendered: {exc}") from None
         return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
@@ -176,6 +179,7 @@ def open_pdf(data: bytes) -> PdfDocument:
         EncryptedDocumentError: If the PDF needs a password.
         EmptyDocumentError: If it has no pages.
     """
+    pymupdf = load_mupdf()
     try:
         doc = pymupdf.open(stream=data, filetype="pdf")
     except (pymupdf.FileDataError, RuntimeError, ValueError) as exc:
@@ -187,3 +191,12 @@ def open_pdf(data: bytes) -> PdfDocument:
         doc.close()
         raise EmptyDocumentError("the PDF has no pages")
     return PdfDocument(doc)
+
+
+def load_mupdf() -> Any:
+    """PyMuPDF, imported on first use: its import is ~3 s of CPU (PyMuPDF 2 loads its layout
+    models too), which every process importing this module would pay otherwise, those that
+    never open a PDF included (engine and ingress replicas, the batch's engine actors)."""
+    import pymupdf
+
+    return pymupdf
