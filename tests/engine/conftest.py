@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from serve_app.config import EngineConfig, RapidOCRConfig
-from serve_app.core.images import to_model_rgb
 from serve_app.core.modes import ModelFamily, get_mode
 from serve_app.core.pdf import open_pdf
 from serve_app.core.prompts import Task, build_prompt
@@ -18,7 +20,7 @@ from serve_app.engine.protocol import GenerateRequest, OCREngine
 from serve_app.engine.rapid import RapidOCREngine
 from serve_app.engine.recognize import PageGeneration, generate_once
 from serve_app.engine.vllm_engine import VLLMEngine, prepare_engine
-from serve_app.testing.synthetic import text_pdf
+from serve_app.testing.synthetic import noise_rgb, text_pdf
 from tests.support import EngineSlot, LoopThread
 
 # Small enough for CPU tests; the real default is 8192.
@@ -102,18 +104,44 @@ def builtin_generate(
     return loop.run(go())
 
 
-A4_MAX_TOKENS = 8
-_a4_outputs: dict[str, PageGeneration] = {}
+# Pages for the plugin engine, each generated once per run (greedy, MAX_TOKENS tokens): a
+# 1000x500 page is the smallest Gundam page with local tiles (a 2x1 grid).
+MAX_TOKENS = 8
 
 
-def plugin_a4_page(slot: EngineSlot, loop: LoopThread) -> PageGeneration:
-    """An A4 page (144 dpi) in Gundam mode through the in-process plugin engine, generated
-    once per run: the reference the Serve graph over HTTP must reproduce."""
-    if "a4" not in _a4_outputs:
-        with open_pdf(text_pdf(1)) as doc:
-            page = to_model_rgb(doc.render(0, dpi=144))
-        request = GenerateRequest("a4-reference", build_prompt(Task.DOCUMENT),
-                                  prepare_image(page, get_mode("gundam")), max_tokens=A4_MAX_TOKENS)  # fmt: skip
-        engine = plugin_engine(slot, loop, TEST_ENGINE_CONFIG)
-        _a4_outputs["a4"] = loop.run(generate_once(engine, request))
-    return _a4_outputs["a4"]
+def a4_page() -> Image.Image:
+    with open_pdf(text_pdf(1)) as doc:
+        return doc.render(0, dpi=144)
+
+
+PAGES: dict[str, Callable[[], Image.Image]] = {
+    "untiled": lambda: noise_rgb(600, 400, seed=2),  # Gundam: the 1024 global view alone
+    "tiled": lambda: noise_rgb(1000, 500, seed=4),  # Gundam: global view + 2x1 tiles
+    "a4-page": a4_page,  # 2x3 tiles
+    "very-wide": lambda: noise_rgb(4000, 300, seed=3),
+}
+_ids = itertools.count()
+_generated: dict[tuple[str, str], PageGeneration] = {}
+
+
+def request_for(image: Image.Image, mode: str = "gundam") -> GenerateRequest:
+    return GenerateRequest(
+        request_id=f"plugin-{next(_ids)}",
+        prompt=build_prompt(Task.DOCUMENT),
+        image=prepare_image(image, get_mode(mode)),
+        max_tokens=MAX_TOKENS,
+        logprobs=True,
+    )
+
+
+def generated(loop: LoopThread, engine: VLLMEngine, page: str, mode: str) -> PageGeneration:
+    """The plugin engine's output for one of :data:`PAGES` in a mode, generated once per run."""
+    if (page, mode) not in _generated:
+        _generated[page, mode] = loop.run(generate_once(engine, request_for(PAGES[page](), mode)))
+    return _generated[page, mode]
+
+
+def plugin_page(slot: EngineSlot, loop: LoopThread, page: str, mode: str) -> PageGeneration:
+    """:func:`generated` on the shared plugin engine: the reference the Serve graph over HTTP
+    must reproduce (kept from the engine tests in a full run)."""
+    return generated(loop, plugin_engine(slot, loop, TEST_ENGINE_CONFIG), page, mode)

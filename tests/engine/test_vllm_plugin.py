@@ -1,73 +1,40 @@
 """The plugin path on the real engine: it sees the image, runs every mode, mixes modes in a
 batch, and equals plain vLLM.
 
-Inputs are the cheapest that prove each point on a slow CPU: a 1000x500 page is the smallest
-Gundam page with local tiles (a 2x1 grid), and each page is generated once per run. The costly
-shapes (an A4 page, a 4000x300 strip) are compared with plain vLLM under ``-m oracle``.
+Inputs are the cheapest that prove each point on a slow CPU (``PAGES``: a 1000x500 page is
+the smallest Gundam page with local tiles, a 2x1 grid), each generated once per run. The
+costly shapes (an A4 page's 2x3 tiles, a 4000x300 strip) run under ``-m oracle``, compared
+with plain vLLM.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
 
 import pytest
 from PIL import Image
 
 from serve_app.core.modes import get_mode
-from serve_app.core.pdf import open_pdf
 from serve_app.core.prompts import Task, build_prompt
 from serve_app.core.tiling import prepare_image
-from serve_app.engine.protocol import GenerateRequest
 from serve_app.engine.recognize import PageGeneration, generate_once
 from serve_app.engine.vllm_engine import VLLMEngine
-from serve_app.testing.synthetic import noise_rgb, text_pdf
+from serve_app.testing.synthetic import noise_rgb
 from tests.engine.conftest import (
+    PAGES,
     TEST_ENGINE_CONFIG,
     builtin_engine,
     builtin_generate,
-    plugin_a4_page,
+    generated,
     plugin_engine,
+    request_for,
 )
 from tests.support import EngineSlot, LoopThread
 
 pytestmark = pytest.mark.engine
-
 _ids = itertools.count()
 PROMPT = build_prompt(Task.DOCUMENT)
-MAX_TOKENS = 8
-
-
-def a4_page() -> Image.Image:
-    with open_pdf(text_pdf(1)) as doc:
-        return doc.render(0, dpi=144)
-
-
-PAGES: dict[str, Callable[[], Image.Image]] = {
-    "untiled": lambda: noise_rgb(600, 400, seed=2),  # Gundam: the 1024 global view alone
-    "tiled": lambda: noise_rgb(1000, 500, seed=4),  # Gundam: global view + 2x1 tiles
-    "a4-page": a4_page,  # 2x3 tiles
-    "very-wide": lambda: noise_rgb(4000, 300, seed=3),
-}
-_generated: dict[tuple[str, str], PageGeneration] = {}
-
-
-def request_for(image: Image.Image, mode: str = "gundam") -> GenerateRequest:
-    return GenerateRequest(
-        request_id=f"plugin-{next(_ids)}",
-        prompt=PROMPT,
-        image=prepare_image(image, get_mode(mode)),
-        max_tokens=MAX_TOKENS,
-        logprobs=True,
-    )
-
-
-def generated(loop: LoopThread, engine: VLLMEngine, page: str, mode: str) -> PageGeneration:
-    """The plugin engine's output for a page in a mode, generated once per run (greedy)."""
-    if (page, mode) not in _generated:
-        _generated[page, mode] = loop.run(generate_once(engine, request_for(PAGES[page](), mode)))
-    return _generated[page, mode]
 
 
 def test_the_model_sees_the_image(vllm_engine: VLLMEngine, loop: LoopThread) -> None:
@@ -89,9 +56,10 @@ def test_every_mode_runs(mode: str, vllm_engine: VLLMEngine, loop: LoopThread) -
     assert result.completion_tokens == len(result.token_ids) > 0
 
 
-def test_an_a4_page_in_gundam_mode(engine_slot: EngineSlot, loop: LoopThread) -> None:
-    result = plugin_a4_page(engine_slot, loop)  # kept: the Serve graph test compares with it
-    image = prepare_image(a4_page(), get_mode("gundam"))
+@pytest.mark.oracle  # 40 s on an AVX2 CPU; the 2x1 page runs the same tiled path
+def test_an_a4_page_in_gundam_mode(vllm_engine: VLLMEngine, loop: LoopThread) -> None:
+    result = generated(loop, vllm_engine, "a4-page", "gundam")
+    image = prepare_image(PAGES["a4-page"](), get_mode("gundam"))
     assert (image.width, image.height, image.grid, image.num_image_tokens) == (
         1190, 1684, (2, 3), 903,
     )  # fmt: skip

@@ -202,7 +202,10 @@ def test_an_ingress_that_requires_keys_and_finds_none_does_not_start(
     config = AppConfig.model_validate(
         {"models": {"deepseek-ocr": {"kind": "fake"}}, "ingress": {"api_keys_required": True}}
     )
-    options = with_env({"OCR_API_KEY_HASHES": ""}, config)
+    # One try (Serve's default is three): the refusal is the same each time.
+    options = with_env(
+        {"OCR_API_KEY_HASHES": ""}, config, {"OCRIngress": {"max_constructor_retry_count": 1}}
+    )
     try:
         with pytest.raises(RuntimeError, match="OCRIngress"):
             start_app(config, name="ocr-keys", options=options, route_prefix="/keys")

@@ -13,7 +13,7 @@ import pytest
 from serve_app.config import AppConfig
 from serve_app.testing.serve import metrics_url, start_app, stop_apps
 from serve_app.testing.synthetic import encode, noise_rgb, text_pdf
-from tests.engine.conftest import A4_MAX_TOKENS, plugin_a4_page
+from tests.engine.conftest import MAX_TOKENS, PAGES, plugin_page
 from tests.serve.openai_helpers import client, image_message
 from tests.support import EngineSlot, LoopThread
 
@@ -26,7 +26,7 @@ def serve_vllm_app(slot: EngineSlot) -> str:
     def start() -> str:
         config = AppConfig.model_validate(
             {"models": {"deepseek-ocr": {"kind": "vllm", "model": "tiny", "max_model_len": 4096, "max_num_seqs": 4,
-                        "sampling": {"max_tokens": A4_MAX_TOKENS}, "retry": {"temperatures": []}}}}
+                        "sampling": {"max_tokens": MAX_TOKENS}, "retry": {"temperatures": []}}}}
         )  # fmt: skip
         return start_app(config, name="ocr-vllm")
 
@@ -43,19 +43,19 @@ def vllm_app(engine_slot: EngineSlot) -> Iterator[httpx.Client]:
         yield client
 
 
-def test_gundam_a4_page_over_http_equals_the_in_process_plugin_path(
+def test_a_gundam_page_over_http_equals_the_in_process_plugin_path(
     engine_slot: EngineSlot, loop: LoopThread
 ) -> None:
     # The in-process reference first (kept from the engine tests in a full run), then the graph.
-    expected = plugin_a4_page(engine_slot, loop)
+    expected = plugin_page(engine_slot, loop, "tiled", "gundam")
     with httpx.Client(base_url=serve_vllm_app(engine_slot), timeout=300) as client:
-        r = client.post("/v1/ocr", content=text_pdf(1), params={"mode": "gundam"},
-                        headers={"content-type": "application/pdf"})  # fmt: skip
+        r = client.post("/v1/ocr", content=encode(PAGES["tiled"]()), params={"mode": "gundam"},
+                        headers={"content-type": "image/png"})  # fmt: skip
     assert r.status_code == 200, r.text
     (page,) = r.json()["pages"]
-    assert (page["width"], page["height"], page["grid"]) == (1190, 1684, [2, 3])
+    assert (page["width"], page["height"], page["grid"]) == (1000, 500, [2, 1])
     assert page["usage"]["prompt_tokens"] == expected.prompt_tokens
-    assert page["usage"]["completion_tokens"] == expected.completion_tokens == A4_MAX_TOKENS
+    assert page["usage"]["completion_tokens"] == expected.completion_tokens == MAX_TOKENS
     assert page["raw_text"] == expected.text
 
 
