@@ -144,4 +144,6 @@ def generated(loop: LoopThread, engine: VLLMEngine, page: str, mode: str) -> Pag
 def plugin_page(slot: EngineSlot, loop: LoopThread, page: str, mode: str) -> PageGeneration:
     """:func:`generated` on the shared plugin engine: the reference the Serve graph over HTTP
     must reproduce (kept from the engine tests in a full run)."""
+    if (page, mode) in _generated:
+        return _generated[page, mode]  # no engine start for it
     return generated(loop, plugin_engine(slot, loop, TEST_ENGINE_CONFIG), page, mode)
