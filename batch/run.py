@@ -34,6 +34,7 @@ from serve_app.errors import ClientError
 
 logger = logging.getLogger("batch")
 PAGES_PER_BLOCK = 4
+PREPARE_MEMORY = 512 * 2**20  # bytes, Ray's logical memory resource
 
 
 def load_config(path: Path) -> AppConfig:
@@ -173,10 +174,12 @@ def run(args: argparse.Namespace, batch: Batch | None = None) -> Summary:
         .map_batches(Planner(config.preprocess, options, args.max_pages, skip), batch_size=1,
                      batch_format="pyarrow", zero_copy_batch=True)
         .repartition(target_num_rows_per_block=PAGES_PER_BLOCK)
-        # SPREAD is what Ray Data gives actors anyway; said here, it keeps the planning tasks
-        # from being fused into these actors (a document's pages would stay on one actor).
+        # The memory a preparing actor may hold (kept documents, a rendered page and its
+        # views), declared: unlike the planning tasks, which Ray Data would otherwise fuse into
+        # these actors (a fusion needs equal remote arguments), and a document's pages would
+        # stay on one actor again.
         .map(Prepare, fn_constructor_args=(config.preprocess, options),  # type: ignore[arg-type]
-             compute=pool(size=args.cpu_actors), scheduling_strategy="SPREAD")
+             compute=pool(size=args.cpu_actors), memory=PREPARE_MEMORY)
         .map_batches(Recognize, fn_constructor_args=(engine, options), batch_size=args.engine_batch,
                      compute=pool(size=args.engines), num_gpus=args.engine_gpus or None)
         .map(Finish, fn_constructor_args=(config.postprocess, options),  # type: ignore[arg-type]
