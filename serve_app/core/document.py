@@ -23,6 +23,7 @@ from serve_app.core.markdown import (
     join_pages,
     page_markdown,
 )
+from serve_app.core.pdf import load_mupdf
 
 FIGURE_JPEG_QUALITY = 90
 LAYOUT_JPEG_QUALITY = 95
@@ -155,9 +156,7 @@ def layout_pdf(pages: Sequence[PageResult], *, dpi: float = 72) -> bytes:
 
     Pages without an annotated image are skipped.
     """
-    import pymupdf  # a second or more on first import; most processes never need it
-
-    doc = pymupdf.open()
+    doc = load_mupdf().open()
     try:
         for page in pages:
             if page.annotated_jpeg is None:
