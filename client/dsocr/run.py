@@ -5,8 +5,11 @@ rest and resumes running jobs by id."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,16 +70,52 @@ async def run_batch(
     whose call fails meanwhile is left as it was recorded (a job stays ``running``), not
     recorded as failed: the run ends cancelled."""
     state = State(out)
-    held, turns = asyncio.Semaphore(2 * options.concurrency), asyncio.Semaphore(options.concurrency)
+    held, turns = asyncio.Semaphore(2 * options.concurrency), Turns(options.concurrency)
     stopping = stopping or asyncio.Event()
 
-    async def one(item: Input) -> Outcome:
-        async with held:
-            if stopping.is_set():
-                raise asyncio.CancelledError
-            return await read_one(api, item, out, options, state, reporter, turns, stopping)
+    async def one(index: int, item: Input) -> Outcome:
+        try:
+            async with held:
+                if stopping.is_set():
+                    raise asyncio.CancelledError
+                return await read_one(api, item, out, options, state, reporter,
+                                      turns.take(index), stopping)  # fmt: skip
+        finally:
+            turns.pass_over(index)
 
-    return list(await asyncio.gather(*(one(item) for item in inputs)))
+    return list(await asyncio.gather(*(one(index, item) for index, item in enumerate(inputs))))
+
+
+class Turns:
+    """``concurrency`` turns at the service, handed out in the inputs' order: with one turn
+    the documents go one after another as listed, and a run stopped early has done a prefix
+    of them, whichever file was quicker to read. Every index is taken or passed over once
+    (passing over a taken one does nothing); the next index waits until those before it
+    have."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self._next = 0
+        self._passed: set[int] = set()
+        self._due: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
+
+    @contextlib.asynccontextmanager
+    async def take(self, index: int) -> AsyncIterator[None]:
+        if index != self._next:
+            await self._due[index].wait()
+        async with self._slots:
+            self.pass_over(index)
+            yield
+
+    def pass_over(self, index: int) -> None:
+        if index < self._next:  # taken already
+            return
+        self._passed.add(index)
+        while self._next in self._passed:
+            self._passed.discard(self._next)
+            self._due.pop(self._next, None)
+            self._next += 1
+        self._due[self._next].set()
 
 
 async def read_one(
@@ -86,7 +125,7 @@ async def read_one(
     options: RunOptions,
     state: State,
     reporter: Reporter,
-    turns: asyncio.Semaphore,
+    turn: contextlib.AbstractAsyncContextManager[None],
     stopping: asyncio.Event,
 ) -> Outcome:
     data = await asyncio.to_thread(item.path.read_bytes)
@@ -105,7 +144,7 @@ async def read_one(
     via = "job" if resume or pages >= options.job_threshold else "stream"
     outcome = Outcome(item, "failed", via=via)
     answer: dict[str, Any] | None = None
-    async with turns:
+    async with turn:
         reporter.started(item, pages)
         start = time.perf_counter()
         try:

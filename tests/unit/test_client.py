@@ -4,6 +4,7 @@ the state record that decides what is done, the outputs it writes, Retry-After."
 from __future__ import annotations
 
 import ast
+import asyncio
 import base64
 import json
 import sys
@@ -16,7 +17,7 @@ import pytest
 from dsocr.api import ApiError, _retry_after
 from dsocr.inputs import find_inputs, page_count
 from dsocr.outputs import document, write_outputs
-from dsocr.run import submit_key
+from dsocr.run import Turns, submit_key
 from dsocr.state import STATE_FILE, Entry, State, options_key
 from serve_app.testing.synthetic import text_pdf
 
@@ -149,6 +150,32 @@ def test_a_jobs_idempotency_key_is_the_same_for_a_rerun_and_another_for_a_fresh_
     assert key != submit_key(State(tmp_path / "out").run_id, entry)
     assert key != submit_key(first.run_id, Entry("c.pdf", "h2", options_key({}), "running"))
     assert key.startswith("dsocr-") and len(key) <= 64
+
+
+def test_documents_start_in_the_inputs_order_whichever_file_is_read_first() -> None:
+    async def run(concurrency: int) -> tuple[list[int], int]:
+        turns, started, busy, most = Turns(concurrency), [], 0, 0
+
+        async def one(index: int, read_s: float, skipped: bool) -> None:
+            nonlocal busy, most
+            try:
+                await asyncio.sleep(read_s)  # the later inputs are read first
+                if skipped:  # done before: it never asks for a turn
+                    return
+                async with turns.take(index):
+                    started.append(index)
+                    busy += 1
+                    most = max(most, busy)
+                    await asyncio.sleep(0.01)
+                    busy -= 1
+            finally:
+                turns.pass_over(index)
+
+        await asyncio.gather(*(one(i, 0.05 - i * 0.01, i == 2) for i in range(5)))
+        return started, most
+
+    assert asyncio.run(run(1)) == ([0, 1, 3, 4], 1)
+    assert asyncio.run(run(2)) == ([0, 1, 3, 4], 2)
 
 
 def test_the_client_imports_only_the_standard_library_httpx_typer_and_rich() -> None:
