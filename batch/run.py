@@ -35,6 +35,8 @@ from serve_app.errors import ClientError
 logger = logging.getLogger("batch")
 PAGES_PER_BLOCK = 4
 PREPARE_MEMORY = 512 * 2**20  # bytes, Ray's logical memory resource
+MIN_STORE = 256 * 2**20
+A4_INCHES = (8.27, 11.69)
 
 
 def load_config(path: Path) -> AppConfig:
@@ -77,8 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--store-mb",
         type=int,
-        help="object store MiB the pages queued between stages may hold (default: Ray Data's, "
-        "half the cluster's object store); caps memory in front of a slow engine",
+        help="object store MiB the pages queued between stages may hold (default: three engine "
+        "batches of A4 pages for each engine, at least 256; 0: Ray Data's own, half the "
+        "cluster's object store)",
     )
     parser.add_argument(
         "--address", help="a Ray cluster to join (default: RAY_ADDRESS or a local one)"
@@ -90,6 +93,16 @@ def options_of(config: AppConfig, args: argparse.Namespace) -> OCROptions:
     fields = RequestFields(model=args.model, task=args.task, mode=args.mode, pages=args.pages,
                            dpi=args.dpi, include_figures=args.figures)  # fmt: skip
     return Door(config).resolve(fields)
+
+
+def store_budget(engines: int, engine_batch: int, options: OCROptions) -> int:
+    """Object store bytes the queued pages may hold by default: three engine batches of
+    prepared A4 pages for each engine (one running, one waiting, one being finished), enough
+    to keep every engine fed. Ray Data's own cap is half the cluster's store, which a slow
+    engine lets the preparing actors fill whatever its size; Ray Data takes the smaller."""
+    width, height = (round(inches * options.dpi) for inches in A4_INCHES)
+    page = width * height * 3 * (2 if options.reads == "views" else 1)  # RGB, and the views
+    return max(MIN_STORE, engines * engine_batch * 3 * page)
 
 
 def say(line: str, file: Any = None) -> None:
@@ -156,12 +169,13 @@ def run(args: argparse.Namespace, batch: Batch | None = None) -> Summary:
         joining = args.address or os.environ.get("RAY_ADDRESS")
         cpus = None if joining else max(os.cpu_count() or 1, needed)
         ray.init(address=args.address, num_cpus=cpus, log_to_driver=False)
-    if args.store_mb:
+    if args.store_mb != 0:
+        store = (args.store_mb * 2**20 if args.store_mb
+                 else store_budget(args.engines, args.engine_batch, options))  # fmt: skip
         context = ray.data.DataContext.get_current()
         limits = context.execution_options.resource_limits
-        context.execution_options.resource_limits = limits.copy(
-            object_store_memory=args.store_mb * 2**20
-        )
+        context.execution_options.resource_limits = limits.copy(object_store_memory=store)
+        logger.info("the pages queued between stages may hold %d MiB of object store", store >> 20)
     start = time.perf_counter()
     items: list[dict[str, Any]] = [{"uri": d.uri, "name": d.name} for d in documents]
     pool = ray.data.ActorPoolStrategy

@@ -115,7 +115,7 @@ def batch_args(
     return parse_args([str(inputs), "-o", str(out), "--config", str(config), "--engines",
                        str(engines), "--cpu-actors", str(cpu_actors), "--flush-every", "256",
                        *(["--mode", mode] if mode else []),
-                       *(["--store-mb", str(store_mb)] if store_mb else [])])  # fmt: skip
+                       *([] if store_mb is None else ["--store-mb", str(store_mb)])])  # fmt: skip
 
 
 def engine_models(engine: str, page_latency: float) -> dict[str, Any]:
@@ -137,7 +137,7 @@ def main() -> None:
                         help="batch preprocess/postprocess actors tried")  # fmt: skip
     parser.add_argument("--memory-pages", type=int, nargs="*", default=[1000, 10000])
     parser.add_argument(
-        "--store-mb", type=int, nargs="*", default=[0], help="the batch's --store-mb (0: Ray's)"
+        "--store-mb", type=int, nargs="*", default=[None], help="the batch's (0: Ray Data's)"
     )
     args = parser.parse_args()
 
@@ -212,7 +212,7 @@ def memory(args: argparse.Namespace, work: Path, config_path: Path, engines: int
 
     from batch.run import run
 
-    for store_mb in args.store_mb:
+    for store_mb in args.store_mb or [None]:
         for count in args.memory_pages:
             folder = work / f"mem-{count}"
             if not folder.exists():
@@ -221,7 +221,9 @@ def memory(args: argparse.Namespace, work: Path, config_path: Path, engines: int
                 done = run(batch_args(folder, work / f"mem-out-{count}-{store_mb}", config_path,
                                       engines, max(args.cpu_actors), mode, store_mb))  # fmt: skip
             assert done.pages_run == count and not done.failures
-            budget = f"--store-mb {store_mb}" if store_mb else "Ray Data's store budget"
+            budget = {None: "the default store budget", 0: "Ray Data's store budget"}.get(
+                store_mb, f"--store-mb {store_mb}"
+            )
             print(f"{count} one-page PDFs, {budget}: {done.pages_per_s:.2f} pages/s; peak "
                   f"resident MiB: driver {peak.driver:.0f}, Ray workers {peak.workers:.0f}; "
                   f"object store peak {peak.store:.0f} MiB")  # fmt: skip
