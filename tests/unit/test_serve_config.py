@@ -129,3 +129,12 @@ def test_rapidocr_is_not_retried_at_other_temperatures() -> None:
     """Its output does not depend on temperature: a truncated page would come back the same."""
     assert EngineConfig(kind="rapidocr").resolved_retry.temperatures == ()
     assert EngineConfig(kind="vllm").resolved_retry.temperatures == (0.2, 0.5)
+
+
+def test_the_page_stages_routers_poll_for_a_free_slot_often() -> None:
+    """A page of tens of ms is done long before Serve's default router backoff (0.5 s) ends:
+    with many documents in flight the preprocess replica idled (bench/in_flight.py)."""
+    (app,) = yaml.safe_load(CONFIG.read_text())["applications"]
+    by_name = {d["name"]: d for d in app["deployments"]}
+    for name in ("PreprocessDeployment", "PostprocessDeployment"):
+        assert by_name[name]["request_router_config"]["max_backoff_s"] <= 0.05
