@@ -169,9 +169,9 @@ def run(args: argparse.Namespace, batch: Batch | None = None) -> Summary:
         joining = args.address or os.environ.get("RAY_ADDRESS")
         cpus = None if joining else max(os.cpu_count() or 1, needed)
         ray.init(address=args.address, num_cpus=cpus, log_to_driver=False)
-    if args.store_mb != 0:
-        store = (args.store_mb * 2**20 if args.store_mb
-                 else store_budget(args.engines, args.engine_batch, options))  # fmt: skip
+    if args.store_mb != 0:  # 0: Ray Data's own limit
+        store = (store_budget(args.engines, args.engine_batch, options) if args.store_mb is None
+                 else args.store_mb * 2**20)  # fmt: skip
         context = ray.data.DataContext.get_current()
         limits = context.execution_options.resource_limits
         context.execution_options.resource_limits = limits.copy(object_store_memory=store)
