@@ -12,6 +12,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.handles import HandleStages
 from deployments.telemetry import RayRecorder, setup_replica
+from serve_app.api.auth import key_secrets
 from serve_app.config import AppConfig
 from serve_app.documents.door import Door
 from serve_app.documents.run import DocumentRunner
@@ -52,12 +53,16 @@ class JobRunnerDeployment:
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._loop.run())
         self._webhooks: asyncio.Task[None] | None = None
-        settings = webhook_settings(config)  # raises for a malformed secret
-        if settings is not None:
+        # Signed with each API key's own secrets; raises for a malformed or short one.
+        settings = webhook_settings(config, key_secrets(config.ingress))
+        if settings.signers:
             sender = WebhookSender(store, settings, on_outcome=metrics.webhook)
             self._webhooks = loop.create_task(sender.run(jobs.poll_interval_s))
-        logger.info("Webhooks: %s", "on" if settings else
-                    f"off (no secret in ${jobs.webhooks.secret_env})")  # fmt: skip
+            logger.info("Webhooks: on, %d calls at once, %d to one receiver",
+                        settings.concurrency, settings.per_receiver)  # fmt: skip
+        else:
+            logger.info("Webhooks: off (no API key entry has a secret, and "
+                        f"${jobs.webhooks.secret_env} is unset)")  # fmt: skip
         logger.info("Job runner %s: store %s, %d jobs at once, %d pages in flight each, "
                     "lease %.0f s", worker, jobs.describe_store(), jobs.jobs_at_once,
                     jobs.pages_in_flight, jobs.lease_s)  # fmt: skip

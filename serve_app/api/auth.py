@@ -2,14 +2,18 @@
 
 Keys are random 32-byte tokens (``python -m serve_app.api.auth new``), so a fast hash is enough:
 there is nothing to brute-force that a slow hash would protect. Only hashes are configured,
-one ``sha256:<hex>`` per line of a file or comma-separated in an environment variable (a
-Kubernetes Secret fills either). With ``api_keys_required`` a replica that finds no hashes
+one entry per line of a file or comma-separated in an environment variable (a Kubernetes
+Secret fills either). An entry is the key's hash, then optionally the key's webhook signing
+secrets: ``sha256:<hex> [whsec_<current> [whsec_<previous>]]``. The first signs its jobs'
+webhooks; while it replaces a previous one both sign, so a receiver holding either verifies
+(:mod:`serve_app.jobs.webhooks`). With ``api_keys_required`` a replica that finds no hashes
 refuses to start; otherwise no hashes means every route is open. A presented key is hashed
 and compared with every stored hash in constant time. ``/health`` and
 ``/ready`` stay open (probes), and metrics are served by Ray, not by this app.
 
-    python -m serve_app.api.auth new            # a new key and the hash to configure
-    python -m serve_app.api.auth hash < key.txt # the hash of an existing key
+    python -m serve_app.api.auth new              # a new key, its secret and entry to configure
+    python -m serve_app.api.auth hash < key.txt   # the hash of an existing key
+    python -m serve_app.api.auth rotate < entry   # the entry with a new secret first
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import hmac
 import os
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,6 +35,7 @@ from serve_app.api.errors import error_response
 from serve_app.api.routes import OPEN_PATHS
 from serve_app.config import IngressConfig
 from serve_app.errors import ClientError
+from serve_app.jobs.webhooks import new_secret, secret_key
 
 PREFIX = "sha256:"
 
@@ -51,35 +57,99 @@ def hash_key(key: str) -> str:
     return PREFIX + hashlib.sha256(key.encode()).hexdigest()
 
 
-def parse_hashes(text: str) -> tuple[str, ...]:
-    """Hashes from a file's lines or a comma-separated list; ``#`` starts a comment.
+@dataclass(frozen=True)
+class KeyEntry:
+    """A configured key: its hash and its webhook signing secrets, the current one first (a
+    second is the one it replaces, until the key's receivers switched)."""
+
+    hash: str
+    webhook_secrets: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        """The entry as configured."""
+        return " ".join((self.hash, *self.webhook_secrets))
+
+
+MAX_SECRETS = 2  # the current one and, while it is rotated in, the previous
+
+
+def parse_entries(text: str) -> tuple[KeyEntry, ...]:
+    """Key entries from a file's lines or a comma-separated list; ``#`` starts a comment.
 
     Raises:
-        ValueError: For an entry that is not ``sha256:`` and 64 hex digits (a raw key pasted
-            by mistake is refused, and not echoed).
+        ValueError: For a hash that is not ``sha256:`` and 64 hex digits (a raw key pasted by
+            mistake is refused, and not echoed), a malformed or short secret, more than two
+            secrets, a key given twice with other secrets, or a secret on two keys (a tenant
+            would verify, and sign, another's calls). No message repeats a key or a secret.
     """
-    hashes = []
+    entries: dict[str, KeyEntry] = {}
+    holders: dict[str, str] = {}  # a secret: the hash of the key it was given to
     for number, line in enumerate(text.replace(",", "\n").splitlines(), start=1):
-        entry = line.split("#", 1)[0].strip()
-        if not entry:
+        fields = line.split("#", 1)[0].split()
+        if not fields:
             continue
-        digest = entry.removeprefix(PREFIX)
-        if not entry.startswith(PREFIX) or len(digest) != 64 or not _is_hex(digest):
-            raise ValueError(f"API key hash entry {number} is not 'sha256:' and 64 hex digits")
-        hashes.append(PREFIX + digest.lower())
-    return tuple(hashes)
+        entry = _entry(number, fields)
+        if entries.setdefault(entry.hash, entry) != entry:
+            raise ValueError(f"API key hash entry {number} repeats an earlier entry's key with "
+                             "other webhook secrets")  # fmt: skip
+        for secret in entry.webhook_secrets:
+            if holders.setdefault(secret, entry.hash) != entry.hash:
+                raise ValueError(f"API key hash entry {number} has a webhook secret of another "
+                                 "key's entry: each key needs its own")  # fmt: skip
+    return tuple(entries.values())
+
+
+def _entry(number: int, fields: Sequence[str]) -> KeyEntry:
+    """The entry of one line's ``fields``: a hash, then its secrets."""
+    digest = fields[0].removeprefix(PREFIX)
+    if not fields[0].startswith(PREFIX) or len(digest) != 64 or not _is_hex(digest):
+        raise ValueError(f"API key hash entry {number} is not 'sha256:' and 64 hex digits")
+    given = tuple(fields[1:])
+    if len(given) > MAX_SECRETS:
+        raise ValueError(f"API key hash entry {number} has {len(given)} webhook secrets; at "
+                         "most 2: the current one, and the one it replaces")  # fmt: skip
+    for secret in given:
+        try:
+            secret_key(secret)
+        except ValueError as bad:
+            raise ValueError(f"API key hash entry {number}: {bad}") from None
+    return KeyEntry(PREFIX + digest.lower(), given)
+
+
+def parse_hashes(text: str) -> tuple[str, ...]:
+    """The keys' hashes of :func:`parse_entries`."""
+    return tuple(entry.hash for entry in parse_entries(text))
 
 
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdefABCDEF" for c in text)
 
 
+def load_entries(
+    file: str | None, env_var: str, env: Mapping[str, str] = os.environ
+) -> tuple[KeyEntry, ...]:
+    """The configured entries: the file's (if set) and the environment variable's."""
+    text = Path(file).read_text() if file else ""
+    return parse_entries(text + "\n" + env.get(env_var, ""))
+
+
 def load_hashes(
     file: str | None, env_var: str, env: Mapping[str, str] = os.environ
 ) -> tuple[str, ...]:
     """The configured hashes: the file's (if set) and the environment variable's."""
-    text = Path(file).read_text() if file else ""
-    return parse_hashes(text + "\n" + env.get(env_var, ""))
+    return tuple(entry.hash for entry in load_entries(file, env_var, env))
+
+
+def key_secrets(
+    config: IngressConfig, env: Mapping[str, str] = os.environ
+) -> dict[str, tuple[str, ...]]:
+    """Each configured key's webhook secrets, by its hash (what signs its jobs' webhooks).
+
+    Raises:
+        ValueError: For a malformed entry.
+    """
+    entries = load_entries(config.api_keys_file, config.api_keys_env, env)
+    return {entry.hash: entry.webhook_secrets for entry in entries}
 
 
 class ApiKeys:
@@ -172,16 +242,49 @@ class AuthMiddleware:
         await response(scope, receive, send)
 
 
+def rotated(entry: KeyEntry) -> KeyEntry:
+    """``entry`` with a new webhook secret first and its current one kept second.
+
+    Raises:
+        ValueError: When it holds two already (a rotation not finished).
+    """
+    if len(entry.webhook_secrets) >= MAX_SECRETS:
+        raise ValueError("the entry has two webhook secrets: a rotation is under way. Once the "
+                         "key's receivers verify with the first, drop the second from the "
+                         "entry, then rotate again")  # fmt: skip
+    return KeyEntry(entry.hash, (new_secret(), *entry.webhook_secrets))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="API keys for the OCR service.")
-    parser.add_argument("command", choices=["new", "hash"])
+    parser.add_argument("command", choices=["new", "hash", "rotate"])
+    parser.add_argument("entry", nargs="?", help="rotate: the key's entry (else from stdin)")
     args = parser.parse_args(argv)
+    out = sys.stdout.write
     if args.command == "new":
         key = "ocr-" + secrets.token_urlsafe(32)
-        sys.stdout.write(f"key (give to the client):   {key}\n")
-        sys.stdout.write(f"hash (configure on server): {hash_key(key)}\n")
+        entry = KeyEntry(hash_key(key), (new_secret(),))
+        out(f"key (give to the client):            {key}\n")
+        out(f"hash:                                {entry.hash}\n")
+        out(f"webhook secret (give to the client): {entry.webhook_secrets[0]}\n")
+        out(f"entry (configure on the server):     {entry.line()}\n")
+    elif args.command == "hash":
+        out(hash_key(sys.stdin.read().strip()) + "\n")
     else:
-        sys.stdout.write(hash_key(sys.stdin.read().strip()) + "\n")
+        try:
+            entries = parse_entries(args.entry if args.entry is not None else sys.stdin.read())
+            if len(entries) != 1:
+                raise ValueError(f"rotate takes one entry ({len(entries)} given)")
+            entry = rotated(entries[0])
+        except ValueError as bad:
+            sys.stderr.write(f"error: {bad}\n")
+            return 2
+        out(f"webhook secret (give to the client): {entry.webhook_secrets[0]}\n")
+        out(f"entry (configure on the server):     {entry.line()}\n")
+        if len(entry.webhook_secrets) > 1:
+            sys.stderr.write("Both secrets sign the key's webhooks. Once its receivers verify "
+                             "with the new one, drop the old one (the entry's last) and "
+                             "restart.\n")  # fmt: skip
     return 0
 
 

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import Field, field_validator
 
 from serve_app.api.access_log import access_record
+from serve_app.api.auth import key_secrets
 from serve_app.api.ocr import OCRParams, read_ocr_request
 from serve_app.config import AppConfig
 from serve_app.documents.door import Door
@@ -36,7 +37,7 @@ from serve_app.errors import (
 from serve_app.jobs.model import Job, JobSpec, JobState
 from serve_app.jobs.results import job_json, result_json, result_markdown, result_zip
 from serve_app.jobs.store import JobStore
-from serve_app.jobs.webhooks import webhook_settings
+from serve_app.jobs.webhooks import WebhookSettings, webhook_settings
 
 MAX_IDEMPOTENCY_KEY = 255
 POLL_S = 0.1  # how often a long-poll or an idle event stream looks at the store
@@ -79,7 +80,9 @@ class JobParams(OCRParams):
 
 
 class JobsService:
-    """The jobs routes' work over ``store``; ``wake`` tells a runner a job was queued."""
+    """The jobs routes' work over ``store``; ``wake`` tells a runner a job was queued;
+    ``webhooks`` who may ask for webhooks (by default from ``config`` and the environment:
+    the API keys' secrets and the service's)."""
 
     def __init__(
         self,
@@ -87,6 +90,7 @@ class JobsService:
         store: JobStore,
         wake: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        webhooks: WebhookSettings | None = None,
     ) -> None:
         self.door = Door(config)
         self._config, self._jobs = config.ingress, config.jobs
@@ -94,13 +98,15 @@ class JobsService:
         self._sources = Sources(fetch_policy(config.ingress))
         self._wake = wake or (lambda: None)
         self._clock = clock
-        self._webhooks = webhook_settings(config)
+        if webhooks is None:
+            webhooks = webhook_settings(config, key_secrets(config.ingress))
+        self._webhooks = webhooks
 
     async def submit(self, request: Request) -> JSONResponse:
         source, params = await read_ocr_request(request, self._config, JobParams)
         options = self.door.resolve(params.fields())
         if params.webhook_url is not None:
-            self._check_webhook(params.webhook_url)
+            self._check_webhook(params.webhook_url, access_record(request.scope).caller)
         key = request.headers.get("idempotency-key")
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             raise InvalidInputError(
@@ -121,15 +127,12 @@ class JobsService:
         return JSONResponse(body, status_code=202 if created else 200,
                             headers={"Location": body["urls"]["self"]})  # fmt: skip
 
-    def _check_webhook(self, url: str) -> None:
-        """Refuse a webhook this service will not call: none configured, or a URL the URL
-        policy refuses before resolving it (its addresses are checked on each call)."""
-        if self._webhooks is None:
-            raise InvalidInputError(
-                "this service sends no webhooks (no signing secret is configured); "
-                "follow the job's events URL instead",
-                param="webhook_url",
-            )
+    def _check_webhook(self, url: str, caller: str | None) -> None:
+        """Refuse a webhook this service will not call: the caller has no signing secret (its
+        API key's own, or the service's without keys), or the URL is refused before its host
+        is resolved (its addresses are checked on each call)."""
+        if not self._webhooks.signers.of(caller):
+            raise InvalidInputError(_no_webhook_secret(caller), param="webhook_url")
         try:
             check_url(url, self._webhooks.policy)
         except ClientError as refused:
@@ -256,6 +259,16 @@ class JobsService:
 
 
 ResultFormat = Literal["json", "markdown", "zip"]
+
+
+def _no_webhook_secret(caller: str | None) -> str:
+    """Why ``caller`` may not ask for webhooks, and how it gets them."""
+    if caller is None:
+        return ("this service sends no webhooks (no signing secret is configured); follow the "
+                "job's events URL instead")  # fmt: skip
+    return ("this API key has no webhook signing secret: the operator gives it one (python -m "
+            "serve_app.api.auth rotate, on the key's entry) and hands you the secret; follow "
+            "the job's events URL meanwhile")  # fmt: skip
 
 
 def _missing(job_id: str) -> JobNotFoundError:

@@ -460,12 +460,30 @@ def check_url(url: str, policy: FetchPolicy) -> None:
     _parsed(url, policy)
 
 
+@dataclass(frozen=True)
+class Posted:
+    """The answer to a POST: its status and at most the first bytes of its body.
+
+    Attributes:
+        content: The body as sent (not decoded), cut at the caller's limit.
+    """
+
+    status_code: int
+    content: bytes
+
+
 async def post_url(
-    url: str, policy: FetchPolicy, body: bytes, headers: Mapping[str, str]
-) -> httpx.Response:
+    url: str,
+    policy: FetchPolicy,
+    body: bytes,
+    headers: Mapping[str, str],
+    max_answer_bytes: int = 4096,
+) -> Posted:
     """POST ``body`` to ``url``, checked as :func:`fetch_url` checks it (scheme, port, every
     address public or allowlisted, the connection pinned to a checked address); a redirect is
-    answered, not followed. The response (its body unread).
+    answered, not followed. The answer's status and at most ``max_answer_bytes`` of its body:
+    the rest is never read, the connection is closed (one network read past the limit at
+    most is held).
 
     Raises:
         InvalidInputError: When ``url`` is not a URL.
@@ -476,10 +494,12 @@ async def post_url(
     hop = _parsed(url, policy)
     sent = {"Host": hop.url.netloc.decode("ascii"), "User-Agent": USER_AGENT, **headers}
 
-    async def post(address: IPAddress) -> httpx.Response:
+    async def post(address: IPAddress) -> Posted:
         target, extensions = _pinned(hop, address)
         async with _client(policy) as client:
-            return await client.post(target, content=body, headers=sent, extensions=extensions)
+            call = client.stream("POST", target, content=body, headers=sent, extensions=extensions)
+            async with call as response:
+                return Posted(response.status_code, await _read_start(response, max_answer_bytes))
 
     try:
         async with asyncio.timeout(policy.total_timeout_s):
@@ -488,3 +508,16 @@ async def post_url(
         raise UrlTimeoutError(
             f"{hop.where} did not answer within {policy.total_timeout_s:g} s", param="url"
         ) from None
+
+
+async def _read_start(response: httpx.Response, limit: int) -> bytes:
+    """The body's first ``limit`` bytes; what follows is left unread."""
+    chunks: list[bytes] = []
+    size = 0
+    if limit > 0:
+        async for chunk in response.aiter_raw():
+            chunks.append(chunk[: limit - size])
+            size += len(chunks[-1])
+            if size >= limit:
+                break
+    return b"".join(chunks)
