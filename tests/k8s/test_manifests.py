@@ -86,6 +86,14 @@ def all_containers(overlay: Path) -> list[dict[str, Any]]:
     ]
 
 
+def every_container(overlay: Path) -> list[dict[str, Any]]:
+    """Ours (all_containers) and others' images, such as the job store's Redis."""
+    others = [o for o in render(overlay) if o["kind"] in ("StatefulSet", "Deployment")]
+    return all_containers(overlay) + [
+        c for obj in others for c in obj["spec"]["template"]["spec"]["containers"]
+    ]
+
+
 def test_pods_never_reach_the_hub_and_share_memory(overlay: Path) -> None:
     for container in ray_containers(overlay):
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
@@ -102,9 +110,9 @@ def test_worker_readiness_is_the_apps_ready_route(overlay: Path) -> None:
 
 def test_secrets_only_by_reference(overlay: Path) -> None:
     assert not [o for o in render(overlay) if o["kind"] == "Secret"]
-    for container in all_containers(overlay):
+    for container in every_container(overlay):
         for var in container.get("env", []):
-            if any(word in var["name"] for word in ("TOKEN", "PASSWORD", "KEY")):
+            if any(word in var["name"] for word in ("TOKEN", "PASSWORD", "KEY", "AUTH", "URL")):
                 assert "secretKeyRef" in var.get("valueFrom", {}), var["name"]
 
 

@@ -99,11 +99,12 @@ def has_gpu(group: dict[str, Any]) -> bool:
     return any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in containers)
 
 
-def test_cpu_overlay_runs_the_local_app_with_keys_required_and_no_jobs() -> None:
+def test_cpu_overlay_runs_the_local_app_with_keys_required_and_the_cluster_job_store() -> None:
     cpu = next(p for p in OVERLAYS if p.name == "cpu")
+    jobs = {"store": "redis", "redis_url_env": "OCR_JOBS_REDIS_URL",
+            "blob_url_env": "OCR_JOBS_BLOB_URL", "store_path": None}  # fmt: skip
     changes = {"applications": {"deepseek-ocr": {
-        "args": {"ingress": {"api_keys_required": True}, "jobs": {"enabled": False}},
-        "deployments": {"JobRunnerDeployment": None},
+        "args": {"ingress": {"api_keys_required": True}, "jobs": jobs},
     }}}  # fmt: skip
     assert serve_config(render(cpu)) == deploy_config.merge(BASE, changes)
 
