@@ -79,10 +79,12 @@ def wait_done(client: httpx.Client, job_id: str, timeout_s: float = 1800) -> dic
 def store_cost(store: JobStore, page: dict[str, Any], pages: int) -> tuple[float, float]:
     """Milliseconds to store a page (lease check included), and to read all back, per page."""
     job, _ = store.submit(JobSpec(RequestFields(mode="tiny")), b"%PDF")
-    store.claim("bench", 600)
+    claimed = store.claim("bench", 600)
+    assert claimed is not None and claimed.lease_token is not None
     start = time.perf_counter()
     for number in range(1, pages + 1):
-        assert store.save_page(job.id, "bench", number, {**page, "page": number}, failed=False)
+        page_json = {**page, "page": number}
+        assert store.save_page(job.id, claimed.lease_token, number, page_json, failed=False)
     saved = (time.perf_counter() - start) / pages * 1000
     start = time.perf_counter()
     assert len(store.pages(job.id)) == pages

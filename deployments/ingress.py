@@ -13,6 +13,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
 from deployments.handles import HandleStages
+from deployments.jobs import alive_nodes
 from deployments.telemetry import RayRecorder, setup_replica
 from serve_app.api.admission import Admission
 from serve_app.api.app import ASGIApp, create_api
@@ -57,7 +58,7 @@ class OCRIngress:
         logger.info("Models: %s (default %s)", ", ".join(config.models), config.default_model_name)
         self._jobs = None
         if job_runner is not None:
-            store = open_store(config.jobs)
+            store = open_store(config.jobs, nodes=alive_nodes())  # raises for unreachable blobs
             self._jobs = JobsService(config, store, wake=lambda: _wake(job_runner))
             logger.info("Jobs: on, store %s", config.jobs.describe_store())
         self._engines = engines

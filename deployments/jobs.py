@@ -24,6 +24,11 @@ from serve_app.telemetry.metrics import ServiceMetrics
 logger = logging.getLogger("ray.serve")
 
 
+def alive_nodes() -> int:
+    """How many nodes the Ray cluster has now (a local blob directory needs exactly one)."""
+    return sum(1 for node in ray.nodes() if node.get("Alive"))  # type: ignore[no-untyped-call]
+
+
 # Its own work is light (JSON, the store): the stages do the pages' work.
 @serve.deployment(health_check_period_s=5.0, ray_actor_options={"num_cpus": 0.1})
 class JobRunnerDeployment:
@@ -46,10 +51,13 @@ class JobRunnerDeployment:
         window = config.ingress.model_copy(update={"pages_in_flight": jobs.pages_in_flight})
         documents = DocumentRunner.from_config(window, stages, metrics, batch=True)
         worker = f"runner-{ray.get_runtime_context().get_actor_id()}"
-        store = open_store(jobs)
+        store = open_store(jobs, nodes=alive_nodes())  # raises for blobs it cannot reach
         runner = JobRunner(store, documents, Door(config), worker, jobs.lease_s,
-                           check_s=jobs.poll_interval_s)  # fmt: skip
-        self._loop = JobLoop(runner, jobs.jobs_at_once, jobs.poll_interval_s, jobs.result_ttl_s)
+                           check_s=jobs.poll_interval_s, max_attempts=jobs.max_attempts,
+                           store_retry_s=jobs.store_retry_s)  # fmt: skip
+        self._loop = JobLoop(runner, jobs.jobs_at_once, jobs.poll_interval_s, jobs.result_ttl_s,
+                             busy_backoff_s=jobs.busy_backoff_s,
+                             max_busy_backoff_s=jobs.max_busy_backoff_s)  # fmt: skip
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._loop.run())
         self._webhooks: asyncio.Task[None] | None = None

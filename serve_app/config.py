@@ -6,7 +6,9 @@ Every model is frozen and rejects unknown keys, so a misspelled setting in
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -380,17 +382,25 @@ class IngressConfig(_Config):
 
 
 class WebhooksConfig(_Config):
-    """Job webhooks (``webhook_url`` on submit): off unless a secret is configured."""
+    """Job webhooks (``webhook_url`` on submit), signed per tenant: with API keys, each key's
+    own secret (its entry in the key hashes: ``python -m serve_app.api.auth new``); without
+    keys, the one secret in ``$secret_env``. A caller with no secret cannot ask for webhooks."""
 
     secret_env: str = Field(
         "OCR_WEBHOOK_SECRET",
-        description="An environment variable holding the signing secret ('whsec_' and base64; "
-        "python -m serve_app.jobs.webhooks new). Unset: submits with webhook_url get 400.",
+        description="Without API keys: an environment variable holding the signing secret "
+        "('whsec_' and base64 of at least 24 bytes; python -m serve_app.jobs.webhooks new). "
+        "Unset: submits with webhook_url get 400. With API keys it is not used.",
     )
     public_url: str = Field(
         "",
         description="This service's address as receivers reach it (https://ocr.example.com): "
         "the event's links start with it. Empty: the links are paths.",
+    )
+    allowlist: list[str] = Field(
+        default_factory=list,
+        description="Webhook receivers called although not public, or on a port other than 80 "
+        "and 443 (same forms as ingress.url_fetch.allowlist, which does not apply here).",
     )
     timeout_s: float = Field(10.0, gt=0, description="For one attempt (connect and answer).")
     max_attempts: int = Field(8, ge=1, description="Attempts before a call is given up.")
@@ -398,6 +408,20 @@ class WebhooksConfig(_Config):
         10.0, gt=0, description="Wait before the second attempt; it doubles each time after."
     )
     max_backoff_s: float = Field(3600.0, gt=0, description="The longest wait between attempts.")
+    concurrency: int = Field(
+        16, ge=1, description="Calls one runner replica makes at once, to all receivers."
+    )
+    per_receiver: int = Field(
+        2, ge=1,
+        description="Calls one runner replica makes at once to one receiver (scheme, host and "
+        "port): a slow receiver holds this many, the others keep being called.",
+    )  # fmt: skip
+
+    @field_validator("allowlist")
+    @classmethod
+    def _check_allowlist(cls, entries: list[str]) -> list[str]:
+        parse_allowlist(entries)
+        return entries
 
 
 class JobsConfig(_Config):
@@ -412,12 +436,12 @@ class JobsConfig(_Config):
     store: Literal["sqlite", "redis"] = Field(
         "sqlite",
         description="sqlite: one file, no server, one node. redis: jobs in Redis and uploads "
-        "and pages under blob_dir, for replicas on several nodes.",
+        "and pages in object storage (blob_url), for replicas on several nodes.",
     )
     store_path: str = Field(
         "/tmp/deepseek-ocr-serve/jobs.db",
         description="The sqlite store's file: jobs, uploads and finished pages. Every "
-        "ingress and runner replica must reach it (one node, or a shared volume).",
+        "ingress and runner replica must reach it (one node).",
     )
     redis_url: str = Field(
         "redis://localhost:6379/0", description="The redis store's server (redis:// or rediss://)."
@@ -430,11 +454,49 @@ class JobsConfig(_Config):
     redis_prefix: str = Field(
         "{ocr-jobs}:", description="Prefix of every key (one hash slot on a Redis Cluster)."
     )
-    blob_dir: str = Field(
+    blob_url: str = Field(
         "/tmp/deepseek-ocr-serve/blobs",
-        description="The redis store's uploads and page bodies: a directory every node mounts "
-        "(a ReadWriteMany volume on Kubernetes).",
+        description="The redis store's uploads and page bodies: s3://bucket/prefix (AWS S3 or "
+        "any S3-compatible server, see blob_endpoint), or a local directory, which a Ray "
+        "cluster of more than one node refuses at start (its nodes share no disk).",
     )
+    blob_url_env: str = Field(
+        "OCR_JOBS_BLOB_URL",
+        description="An environment variable that, when set, replaces blob_url (the overlays "
+        "fill it from the Secret deepseek-ocr-jobs).",
+    )
+    blob_endpoint: str | None = Field(
+        None,
+        description="The S3 server of s3:// blobs when it is not AWS (http://seaweedfs:8333, "
+        "https://storage.googleapis.com); $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL replace "
+        "it. Credentials come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY, or the "
+        "node's cloud role.",
+    )
+    blob_region: str | None = Field(
+        None, description="The bucket's region ($AWS_REGION replaces it); None: the SDK's."
+    )
+    max_queued_per_key: int = Field(
+        1000, ge=1,
+        description="Queued jobs one API key may have (without keys: the whole service); one "
+        "more is answered 429 with Retry-After.",
+    )  # fmt: skip
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Runs of one job that may end with its runner dead (its lease lapsed); "
+        "the job is then failed with code job_runner_lost instead of run again.",
+    )
+    busy_backoff_s: float = Field(
+        1.0, gt=0,
+        description="A runner that found the service full waits up to this long (random) "
+        "before claiming again, doubling each time it is full again.",
+    )  # fmt: skip
+    max_busy_backoff_s: float = Field(30.0, gt=0, description="The longest such wait.")
+    store_retry_s: float = Field(
+        120.0, gt=0,
+        description="How long a runner retries a store call (a page save, a lease renewal) "
+        "through a store outage before it gives the job back.",
+    )  # fmt: skip
     max_pages: int = Field(5000, ge=1, description="Pages one job may select.")
     jobs_at_once: int = Field(
         2, ge=1, description="Jobs one runner replica works on at the same time."
@@ -464,12 +526,17 @@ class JobsConfig(_Config):
     )
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
 
-    def describe_store(self) -> str:
-        """The store for a log line (a Redis URL without its password)."""
+    def describe_redis(self, env: Mapping[str, str] = os.environ) -> str:
+        """The Redis server for a log line (its URL without the password)."""
+        url = env.get(self.redis_url_env) or self.redis_url
+        return url.rpartition("@")[2]
+
+    def describe_store(self, env: Mapping[str, str] = os.environ) -> str:
+        """The store for a log line (no password)."""
         if self.store == "sqlite":
             return f"sqlite {self.store_path}"
-        host = self.redis_url.rpartition("@")[2]
-        return f"redis {host} (prefix {self.redis_prefix}), blobs in {self.blob_dir}"
+        blobs = env.get(self.blob_url_env) or self.blob_url
+        return f"redis {self.describe_redis(env)} (prefix {self.redis_prefix}), blobs in {blobs}"
 
 
 def _one_model() -> dict[str, EngineConfig]:

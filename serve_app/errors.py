@@ -199,6 +199,37 @@ class JobExpiredError(ClientError):
     code = "job_expired"
 
 
+class IdempotencyKeyReusedError(ClientError):
+    """The ``Idempotency-Key`` was used before with a different request (HTTP 422, as the
+    IETF idempotency-key draft says)."""
+
+    status_code = 422
+    code = "idempotency_key_reused"
+
+
+class TooManyQueuedJobsError(ClientError):
+    """The caller's key has as many queued jobs as it may (``jobs.max_queued_per_key``)."""
+
+    status_code = 429
+    code = "too_many_queued_jobs"
+    retry_after_s = 30
+
+
+class JobStoreUnavailableError(ServerError):
+    """The job store (Redis, or its object storage) did not answer; nothing was changed."""
+
+    status_code = 503
+    code = "job_store_unavailable"
+    retry_after_s = 5
+
+
+class JobDataLostError(ServerError):
+    """A stored page of the job is missing from object storage while the job still holds it:
+    an operator must look (a bucket lifecycle rule, a deleted prefix)."""
+
+    code = "job_data_lost"
+
+
 class PageNotFoundError(ClientError):
     """The job has no such page: not selected, or not finished yet (HTTP 404)."""
 

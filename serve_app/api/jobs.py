@@ -14,7 +14,7 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -29,18 +29,31 @@ from serve_app.documents.fetch import check_url
 from serve_app.documents.sources import Sources, fetch_policy
 from serve_app.errors import (
     ClientError,
+    IdempotencyKeyReusedError,
     InvalidInputError,
+    JobDataLostError,
     JobExpiredError,
     JobNotFoundError,
+    JobStoreUnavailableError,
     PageNotFoundError,
+    TooManyQueuedJobsError,
 )
 from serve_app.jobs.model import Job, JobSpec, JobState
 from serve_app.jobs.results import job_json, result_json, result_markdown, result_zip
-from serve_app.jobs.store import JobStore
+from serve_app.jobs.store import (
+    IdempotencyConflictError,
+    JobStore,
+    PageBodyMissingError,
+    QueueFullError,
+    StoreUnavailableError,
+)
 from serve_app.jobs.webhooks import WebhookSettings, webhook_settings
+
+_T = TypeVar("_T")
 
 MAX_IDEMPOTENCY_KEY = 255
 POLL_S = 0.1  # how often a long-poll or an idle event stream looks at the store
+STORE_OUTAGE_S = 30.0  # an event stream waits this long for the store to answer again
 HEARTBEAT_S = 15.0  # an SSE comment this often keeps idle proxies from closing the stream
 
 
@@ -119,7 +132,19 @@ class JobsService:
         record.model = options.model
         spec = JobSpec(fields, owner=record.caller, idempotency_key=key,
                        webhook_url=params.webhook_url, metadata=params.metadata)  # fmt: skip
-        job, created = await asyncio.to_thread(self._store.submit, spec, data)
+        try:
+            job, created = await _stored(self._store.submit, spec, data,
+                                         self._jobs.max_queued_per_key)  # fmt: skip
+        except IdempotencyConflictError as conflict:
+            raise IdempotencyKeyReusedError(
+                f"Idempotency-Key {key!r} was used for job {conflict.job_id} with a different "
+                "request (document or options); use a new key for a new request"
+            ) from None
+        except QueueFullError as full:
+            raise TooManyQueuedJobsError(
+                f"{full.queued} of your jobs are queued (at most "
+                f"{self._jobs.max_queued_per_key}); submit more as they start"
+            ) from None
         record.job_id = job.id
         if created:
             self._wake()
@@ -156,7 +181,7 @@ class JobsService:
         self, request: Request, status: JobState | None, limit: int, offset: int
     ) -> dict[str, Any]:
         owner = access_record(request.scope).caller
-        jobs = await asyncio.to_thread(self._store.list_jobs, owner, status, limit + 1, offset)
+        jobs = await _stored(self._store.list_jobs, owner, status, limit + 1, offset)
         now = self._clock()
         base = request.scope.get("root_path", "")
         data = [job_json(job, now, base=base) for job in jobs[:limit]]
@@ -177,14 +202,27 @@ class JobsService:
     ) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
+        outage_since: float | None = None
         while True:
-            job = await asyncio.to_thread(self._store.get, job_id)
-            if job is None or job.expired_at is not None:
-                error = _missing(job_id) if job is None else _expired(job_id)
-                yield _event(sse, "error", {"object": "error", **error.to_body()})
+            try:
+                job = await _stored(self._store.get, job_id)
+                if job is None or job.expired_at is not None:
+                    error = _missing(job_id) if job is None else _expired(job_id)
+                    yield _event(sse, "error", {"object": "error", **error.to_body()})
+                    return
+                # The state was read first: pages stored before it ended are all in this read.
+                stored = await _stored(self._store.pages, job_id, sent)
+                outage_since = None
+            except JobStoreUnavailableError as outage:  # a blip: the stream waits it out
+                outage_since = outage_since or loop.time()
+                if loop.time() - outage_since > STORE_OUTAGE_S:
+                    yield _event(sse, "error", {"object": "error", **outage.to_body()})
+                    return
+                await asyncio.sleep(1.0)
+                continue
+            except JobDataLostError as lost:
+                yield _event(sse, "error", {"object": "error", **lost.to_body()})
                 return
-            # The state was read first: pages stored before it ended are all in this read.
-            stored = await asyncio.to_thread(self._store.pages, job_id, sent)
             for page in stored:
                 sent += 1
                 yield _event(sse, "page", page.page, event_id=sent)
@@ -200,7 +238,7 @@ class JobsService:
 
     async def result(self, request: Request, job_id: str, format: str) -> Response:
         job = await self._visible(request, job_id)
-        pages = [stored.page for stored in await asyncio.to_thread(self._store.pages, job_id)]
+        pages = [stored.page for stored in await _stored(self._store.pages, job_id)]
         if format == "markdown":
             return PlainTextResponse(result_markdown(pages), media_type="text/markdown")
         if format == "zip":
@@ -212,7 +250,7 @@ class JobsService:
 
     async def page(self, request: Request, job_id: str, number: int) -> dict[str, Any]:
         job = await self._visible(request, job_id)
-        page = await asyncio.to_thread(self._store.page, job_id, number)
+        page = await _stored(self._store.page, job_id, number)
         if page is not None:
             return page
         if job.selected is not None and number not in job.selected:
@@ -223,14 +261,14 @@ class JobsService:
         """Cancel a queued or running job: its runner stops and its engine work is aborted;
         the pages done stay. A finished job is answered as it is."""
         await self._visible(request, job_id)
-        job = await asyncio.to_thread(self._store.cancel, job_id)
+        job = await _stored(self._store.cancel, job_id)
         if job is None:
             raise _missing(job_id)
         return await self._job_body(request, job)
 
     async def delete(self, request: Request, job_id: str) -> dict[str, Any]:
         await self._visible(request, job_id, expired_ok=True)
-        await asyncio.to_thread(self._store.delete, job_id)
+        await _stored(self._store.delete, job_id)
         return {"id": job_id, "object": "job.deleted", "deleted": True}
 
     async def _visible(self, request: Request, job_id: str, expired_ok: bool = False) -> Job:
@@ -241,7 +279,7 @@ class JobsService:
             JobExpiredError: Its results were freed.
         """
         access_record(request.scope).job_id = job_id
-        job = await asyncio.to_thread(self._store.get, job_id)
+        job = await _stored(self._store.get, job_id)
         if job is None or job.spec.owner != access_record(request.scope).caller:
             raise _missing(job_id)
         if job.expired_at is not None and not expired_ok:
@@ -251,10 +289,10 @@ class JobsService:
     async def _job_body(self, request: Request, job: Job) -> dict[str, Any]:
         position = None
         if job.state is JobState.QUEUED:
-            position = await asyncio.to_thread(self._store.queue_position, job)
+            position = await _stored(self._store.queue_position, job)
         body = job_json(job, self._clock(), position, base=request.scope.get("root_path", ""))
         if job.spec.webhook_url is not None:
-            body["webhook"] = await asyncio.to_thread(self._store.delivery_state, job.id)
+            body["webhook"] = await _stored(self._store.delivery_state, job.id)
         return body
 
 
@@ -277,6 +315,21 @@ def _missing(job_id: str) -> JobNotFoundError:
 
 def _expired(job_id: str) -> JobExpiredError:
     return JobExpiredError(f"job {job_id!r} expired: its results were freed")
+
+
+async def _stored(call: Callable[..., _T], *args: Any) -> _T:
+    """A store call off the event loop; its outages and lost data as the service's errors.
+
+    Raises:
+        JobStoreUnavailableError: The store did not answer (503, retry).
+        JobDataLostError: A stored page's body is gone (500).
+    """
+    try:
+        return await asyncio.to_thread(call, *args)
+    except StoreUnavailableError as error:
+        raise JobStoreUnavailableError(f"the job store did not answer ({error})") from None
+    except PageBodyMissingError as error:
+        raise JobDataLostError(str(error)) from None
 
 
 def _last_event_id(request: Request) -> int:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from serve_app.documents.door import RequestFields
+
+logger = logging.getLogger("ray.serve")
+
+# The stored job's layout; a store writes it beside every job (a later release that changes
+# the layout reads older jobs by it).
+SCHEMA_VERSION = 1
 
 
 class JobState(StrEnum):
@@ -43,8 +51,23 @@ class JobSpec:
         return {**dataclasses.asdict(self), "fields": dataclasses.asdict(self.fields)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobSpec:
-        return cls(**{**data, "fields": RequestFields(**data["fields"])})
+    def from_json(cls, data: Mapping[str, Any]) -> JobSpec:
+        """The spec stored as ``data``; a field this release does not know (written by a
+        newer one, or renamed) is dropped and logged, a missing one takes its default.
+
+        Raises:
+            ValueError: When ``data`` is not a stored spec at all.
+        """
+        if not isinstance(data, Mapping) or not isinstance(data.get("fields", {}), Mapping):
+            raise ValueError(f"not a stored job spec: {str(data)[:200]}")
+        fields = _known(RequestFields, data.get("fields", {}))
+        return _known(cls, {**data, "fields": fields})
+
+    def fingerprint_json(self) -> dict[str, Any]:
+        """What makes two submits the same request (the owner and key aside)."""
+        out = self.to_json()
+        del out["owner"], out["idempotency_key"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -57,6 +80,10 @@ class Job:
         pages_done: Pages stored, failed ones included.
         error: The job's error (``{"code", "message"}``) when the document itself failed.
         lease_owner: The runner working on it, until ``lease_until`` (store clock seconds).
+        lease_token: The fencing token of the latest claim: only its holder may change the
+            job.
+        lapses: Claims whose lease ran out (their runner died); past ``jobs.max_attempts``
+            the job fails.
     """
 
     id: str
@@ -74,7 +101,21 @@ class Job:
     error: dict[str, str] | None = None
     lease_owner: str | None = None
     lease_until: float | None = None
+    lease_token: int | None = None
+    lapses: int = 0
 
     @property
     def pages_total(self) -> int | None:
         return len(self.selected) if self.selected is not None else None
+
+
+_T = TypeVar("_T")
+
+
+def _known(cls: type[_T], data: Mapping[str, Any]) -> _T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        logger.warning("stored %s: ignoring fields this release does not know: %s",
+                       cls.__name__, ", ".join(unknown))  # fmt: skip
+    return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,182 +1,419 @@
-"""The cluster job store: jobs, leases and the page index in Redis; uploads and page bodies in
-blob storage every node reaches (:class:`~serve_app.jobs.blobs.LocalBlobs` on a shared volume).
+"""The cluster job store: jobs, leases, queues and the page index in Redis; uploads and page
+bodies as blobs every node reaches (:mod:`serve_app.jobs.blobs`: an S3 bucket).
 
-Why Redis: a KubeRay cluster with GCS fault tolerance already runs one (``k8s/components/
-gcs-ft``), a job's state is a handful of fields changed by single-key operations, and leases
-are small atomic scripts. Large data stays out of it: a page body (figures and annotated
-images can make it megabytes) is a blob, and Redis keeps only which blob holds page ``n``.
+Why Redis: a KubeRay cluster with GCS fault tolerance already runs one, a job's state is a
+handful of fields, and every change that must not race is one Lua script, atomic on the
+server. Large data stays out of it: a page body (figures and annotated images can make it
+megabytes) is a blob, and Redis keeps only which blob holds page ``n``.
 
-Keys (under ``prefix``, one hash tag so a Redis Cluster keeps them on one slot):
+Time is Redis's own (``TIME``, read inside the scripts): leases compare one clock, however
+far apart the nodes' clocks are. Keys (under ``prefix``, one hash tag so a Redis Cluster keeps
+them on one slot):
 
-- ``job:<id>``: the job's fields (a hash); ``job:<id>:pages``: page number to blob name;
-  ``job:<id>:order``: page numbers in the order they were stored (an event stream's ids).
-- ``active``: queued and running jobs by creation time (what a claim scans);
-  ``finished``: ended jobs by end time (what expiry scans); ``owner:<owner>``: a caller's
-  jobs by creation time; ``idem:<owner>:<key>``: a job's idempotency key.
-- ``delivery:<msg id>``: a webhook call owed; ``outbox``: those pending, by when they are due;
-  ``job:<id>:delivery``: the job's.
+- ``job:<id>``: the job's fields (a hash, with the layout's version ``v``);
+  ``job:<id>:pages``: page number to blob; ``job:<id>:order``: page numbers in the order they
+  were stored (an event stream's ids); ``job:<id>:delivery``: its webhook call's id.
+- ``queued``: every queued job by creation time (counts, the oldest);
+  ``queue:<owner>``: an owner's queued jobs by creation time; ``turns``: owners with a queued
+  job by when they were last served (round-robin: the lowest goes next); ``served``: each
+  owner's last turn; ``seq``: the turn counter.
+- ``running``: running jobs by lease end (a lapsed lease is found without a scan);
+  ``finished``: ended jobs by end time (what expiry reads); ``owner:<owner>``: a caller's
+  jobs by creation time; ``idem:<owner>:<key>``: a job's idempotency key, with the request's
+  fingerprint.
+- ``delivery:<msg id>``: a webhook call owed; ``outbox``: those pending, by when they are due.
 
-Every change a lease guards (renew, pages, end, release) is one Lua script that checks the
-lease first, so a runner that lost its job cannot write to it. A page body is written before
-its index entry, under a name of its own, so a runner that lost its lease never overwrites
-the body of a page the holder stored.
+A claim takes a fencing token (``lease_token``, counted per job): every change the lease
+guards checks it in its script, so a runner that lost its job, in another replica or in its
+own, cannot write to it. A page body is written before its index entry, under a name of its
+own, so a lapsed holder never overwrites the body of a page the holder stored.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import time
+import logging
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from serve_app.jobs.blobs import LocalBlobs
-from serve_app.jobs.model import Job, JobSpec, JobState
-from serve_app.jobs.store import Delivery, JobStats, StoredPage
+from serve_app.jobs.blobs import Blobs
+from serve_app.jobs.model import SCHEMA_VERSION, Job, JobSpec, JobState
+from serve_app.jobs.store import (
+    RUNNER_LOST,
+    Delivery,
+    IdempotencyConflictError,
+    JobStats,
+    PageBodyMissingError,
+    QueueFullError,
+    StoredPage,
+    StoreUnavailableError,
+    request_fingerprint,
+    unreadable,
+    webhook_receiver,
+)
 
-_HOLDS = """
-local function holds(key, worker)
-  local st = redis.call('HMGET', key, 'state', 'lease_owner')
-  return st[1] == 'running' and st[2] == worker
+logger = logging.getLogger("ray.serve")
+
+# Shared by the scripts: the clock (a test's, or the server's), the lease check, and the
+# owner's place in the round-robin.
+_LIB = """
+local P = ARGV[1]
+local function clock(given)
+  if given ~= nil and given ~= '' then return tonumber(given) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-"""
-
-# KEYS: active; ARGV: now, worker, lease_s, job key prefix
-_CLAIM = """
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local key = ARGV[4] .. id
-  local st = redis.call('HMGET', key, 'state', 'lease_until')
-  if st[1] == 'queued' or (st[1] == 'running' and tonumber(st[2]) < tonumber(ARGV[1])) then
-    redis.call('HSET', key, 'state', 'running', 'lease_owner', ARGV[2],
-               'lease_until', tostring(tonumber(ARGV[1]) + tonumber(ARGV[3])))
-    redis.call('HSETNX', key, 'started_at', ARGV[1])
-    return id
+local function num(x) return string.format('%.6f', x) end
+local function holds(key, token)
+  local st = redis.call('HMGET', key, 'state', 'lease_token')
+  return st[1] == 'running' and st[2] == token
+end
+local function enqueue(id, owner, created)
+  redis.call('ZADD', P .. 'queued', created, id)
+  redis.call('ZADD', P .. 'queue:' .. owner, created, id)
+  if not redis.call('ZSCORE', P .. 'turns', owner) then
+    redis.call('ZADD', P .. 'turns', redis.call('HGET', P .. 'served', owner) or 0, owner)
   end
 end
-return false
+local function dequeue(id, owner)
+  redis.call('ZREM', P .. 'queued', id)
+  redis.call('ZREM', P .. 'queue:' .. owner, id)
+  if redis.call('ZCARD', P .. 'queue:' .. owner) == 0 then
+    redis.call('ZREM', P .. 'turns', owner)
+  end
+end
+local function owe(id, state, now)
+  local key = P .. 'job:' .. id
+  local hook = redis.call('HMGET', key, 'webhook_url', 'owner', 'webhook_receiver')
+  if not hook[1] or hook[1] == '' then return end
+  local msg = 'msg_' .. redis.sha1hex(id .. state .. now)
+  redis.call('HSET', P .. 'delivery:' .. msg, 'id', msg, 'job_id', id, 'url', hook[1],
+             'owner', hook[2], 'receiver', hook[3], 'state', 'pending', 'job_state', state,
+             'created_at', num(now), 'attempts', '0')
+  redis.call('ZADD', P .. 'outbox', now, msg)
+  redis.call('SET', key .. ':delivery', msg)
+end
+local function ended(id, state, now, err)
+  local key = P .. 'job:' .. id
+  redis.call('HSET', key, 'state', state, 'finished_at', num(now))
+  if err ~= '' then redis.call('HSET', key, 'error', err) end
+  redis.call('HDEL', key, 'lease_owner', 'lease_until')
+  redis.call('ZREM', P .. 'running', id)
+  redis.call('ZADD', P .. 'finished', now, id)
+  owe(id, state, now)
+end
 """
 
-# KEYS: job; ARGV: worker, lease_until
+# ARGV: prefix, now, id, owner, idempotency key ('' none), fingerprint, max queued ('' none),
+# then field/value pairs of the job -> {'new'|'existing'|'conflict', id} or {'full', count}
+_SUBMIT = (
+    _LIB
+    + """
+local id, owner, key, fp = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local idem = P .. 'idem:' .. owner .. ':' .. key
+if key ~= '' then
+  local held = redis.call('GET', idem)
+  if held then
+    local at = string.find(held, ' ', 1, true)
+    local other = string.sub(held, 1, at - 1)
+    if string.sub(held, at + 1) ~= fp then return {'conflict', other} end
+    return {'existing', other}
+  end
+end
+local queued = redis.call('ZCARD', P .. 'queue:' .. owner)
+if ARGV[7] ~= '' and queued >= tonumber(ARGV[7]) then return {'full', tostring(queued)} end
+local now = clock(ARGV[2])
+local job = P .. 'job:' .. id
+for i = 8, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', job, 'created_at', num(now))
+redis.call('ZADD', P .. 'owner:' .. owner, now, id)
+enqueue(id, owner, now)
+if key ~= '' then redis.call('SET', idem, id .. ' ' .. fp) end
+return {'new', id}
+"""
+)
+
+# ARGV: prefix, now, worker, lease_s, max_attempts, error of a job past them
+# -> {id, token} or false
+_CLAIM = (
+    _LIB
+    + """
+local now = clock(ARGV[2])
+local worker, lease, limit = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local function take(id)
+  local key = P .. 'job:' .. id
+  local token = redis.call('HINCRBY', key, 'lease_token', 1)
+  redis.call('HSET', key, 'state', 'running', 'lease_owner', worker,
+             'lease_until', num(now + lease))
+  if not redis.call('HGET', key, 'started_at') then
+    redis.call('HSET', key, 'started_at', num(now))
+  end
+  redis.call('ZADD', P .. 'running', now + lease, id)
+  return {id, tostring(token)}
+end
+while true do
+  local lapsed = redis.call('ZRANGEBYSCORE', P .. 'running', '-inf', '(' .. num(now), 'LIMIT', 0, 1)
+  if #lapsed == 0 then break end
+  local lapses = redis.call('HINCRBY', P .. 'job:' .. lapsed[1], 'lapses', 1)
+  if lapses < limit then return take(lapsed[1]) end
+  ended(lapsed[1], 'failed', now, ARGV[6])
+end
+while true do
+  local owners = redis.call('ZRANGE', P .. 'turns', 0, 0)
+  if #owners == 0 then return false end
+  local owner = owners[1]
+  local ids = redis.call('ZRANGE', P .. 'queue:' .. owner, 0, 0)
+  if #ids == 0 then
+    redis.call('ZREM', P .. 'turns', owner)
+  else
+    dequeue(ids[1], owner)
+    local turn = redis.call('INCR', P .. 'seq')
+    redis.call('HSET', P .. 'served', owner, turn)
+    if redis.call('ZSCORE', P .. 'turns', owner) then
+      redis.call('ZADD', P .. 'turns', turn, owner)
+    end
+    return take(ids[1])
+  end
+end
+"""
+)
+
+# KEYS: job; ARGV: prefix, now, id, token, lease_s
 _RENEW = (
-    _HOLDS
+    _LIB
     + """
-if not holds(KEYS[1], ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'lease_until', ARGV[2])
+if not holds(KEYS[1], ARGV[4]) then return 0 end
+local ends = clock(ARGV[2]) + tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'lease_until', num(ends))
+redis.call('ZADD', P .. 'running', ends, ARGV[3])
 return 1
 """
 )
 
-# KEYS: job; ARGV: worker, field, value, ...
+# KEYS: job; ARGV: prefix, now, token, field, value, ...
 _SET_HELD = (
-    _HOLDS
+    _LIB
     + """
-if not holds(KEYS[1], ARGV[1]) then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if not holds(KEYS[1], ARGV[3]) then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 )
 
-# KEYS: job, pages, order; ARGV: worker, number, blob, failed -> 0 lost, 1 already stored, 2 new
+# KEYS: job, pages, order; ARGV: prefix, now, token, number, blob, failed
+# -> 0 lost, 1 already stored, 2 new
 _SAVE_PAGE = (
-    _HOLDS
+    _LIB
     + """
-if not holds(KEYS[1], ARGV[1]) then return 0 end
-if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then return 1 end
-redis.call('RPUSH', KEYS[3], ARGV[2])
+if not holds(KEYS[1], ARGV[3]) then return 0 end
+if redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[5]) == 0 then return 1 end
+redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'pages_done', 1)
-redis.call('HINCRBY', KEYS[1], 'pages_failed', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'pages_failed', ARGV[6])
 return 2
 """
 )
 
-# The ended job's webhook call, in the outbox, if it asked for one.
-_OWE = """
-local function owe(job, id, state, now, msg, prefix)
-  local url = cjson.decode(redis.call('HGET', job, 'spec'))['webhook_url']
-  if url == nil or url == cjson.null then return end
-  redis.call('HSET', prefix .. 'delivery:' .. msg, 'id', msg, 'job_id', id, 'url', url,
-             'state', 'pending', 'job_state', state, 'created_at', now, 'attempts', '0')
-  redis.call('ZADD', prefix .. 'outbox', now, msg)
-  redis.call('SET', prefix .. 'job:' .. id .. ':delivery', msg)
-end
-"""
-
-# KEYS: job, active, finished; ARGV: worker, id, state, now, error ('' for none), msg, prefix
+# KEYS: job; ARGV: prefix, now, id, token, state, error ('' none)
 _FINISH = (
-    _HOLDS
-    + _OWE
+    _LIB
     + """
-if not holds(KEYS[1], ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[3], 'finished_at', ARGV[4])
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
-redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until')
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
-owe(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6], ARGV[7])
+if not holds(KEYS[1], ARGV[4]) then return 0 end
+ended(ARGV[3], ARGV[5], clock(ARGV[2]), ARGV[6])
 return 1
 """
 )
 
-# KEYS: job; ARGV: worker
+# KEYS: job; ARGV: prefix, now, id, token
 _RELEASE = (
-    _HOLDS
+    _LIB
     + """
-if not holds(KEYS[1], ARGV[1]) then return 0 end
+if not holds(KEYS[1], ARGV[4]) then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'queued')
 redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until')
+redis.call('ZREM', P .. 'running', ARGV[3])
+local st = redis.call('HMGET', KEYS[1], 'owner', 'created_at')
+enqueue(ARGV[3], st[1], tonumber(st[2]))
 return 1
 """
 )
 
-# KEYS: job, active, finished; ARGV: id, now, msg, prefix
+# KEYS: job; ARGV: prefix, now, id -> 0 unknown, 1 known
 _CANCEL = (
-    _OWE
+    _LIB
     + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'queued' or state == 'running' then
-  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[2])
-  redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until')
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-  owe(KEYS[1], ARGV[1], 'cancelled', ARGV[2], ARGV[3], ARGV[4])
+local st = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if not st[1] then return 0 end
+if st[1] == 'queued' then dequeue(ARGV[3], st[2]) end
+if st[1] == 'queued' or st[1] == 'running' then
+  ended(ARGV[3], 'cancelled', clock(ARGV[2]), '')
 end
-return state and 1 or 0
+return 1
 """
 )
 
-# KEYS: outbox; ARGV: now, lease_s, prefix
-_CLAIM_DELIVERY = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
-if #due == 0 then return false end
-redis.call('ZADD', KEYS[1], tostring(tonumber(ARGV[1]) + tonumber(ARGV[2])), due[1])
-redis.call('HINCRBY', ARGV[3] .. 'delivery:' .. due[1], 'attempts', 1)
-return due[1]
+# KEYS: job; ARGV: prefix, now, id -> 0 unknown, 1 deleted
+_DELETE = (
+    _LIB
+    + """
+local st = redis.call('HMGET', KEYS[1], 'state', 'owner', 'idempotency_key')
+if not st[1] then return 0 end
+local id, owner = ARGV[3], st[2]
+if st[1] == 'queued' then dequeue(id, owner) end
+local msg = redis.call('GET', KEYS[1] .. ':delivery')
+if msg then
+  redis.call('DEL', P .. 'delivery:' .. msg)
+  redis.call('ZREM', P .. 'outbox', msg)
+end
+if st[3] and st[3] ~= '' then
+  local idem = P .. 'idem:' .. owner .. ':' .. st[3]
+  local held = redis.call('GET', idem)
+  if held and string.sub(held, 1, #id + 1) == id .. ' ' then redis.call('DEL', idem) end
+end
+redis.call('DEL', KEYS[1], KEYS[1] .. ':pages', KEYS[1] .. ':order', KEYS[1] .. ':delivery')
+redis.call('ZREM', P .. 'running', id)
+redis.call('ZREM', P .. 'finished', id)
+redis.call('ZREM', P .. 'owner:' .. owner, id)
+return 1
 """
+)
+
+# ARGV: prefix, now, older_than_s, batch -> the ids freed
+_EXPIRE = (
+    _LIB
+    + """
+local now = clock(ARGV[2])
+local ids = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', now - tonumber(ARGV[3]),
+                       'LIMIT', 0, tonumber(ARGV[4]))
+for _, id in ipairs(ids) do
+  local key = P .. 'job:' .. id
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('DEL', key .. ':pages', key .. ':order')
+    redis.call('HSET', key, 'expired_at', num(now))
+  end
+  redis.call('ZREM', P .. 'finished', id)
+end
+return ids
+"""
+)
+
+# ARGV: prefix, now, lease_s, busy receiver, ... -> the delivery's id or false
+_CLAIM_DELIVERY = (
+    _LIB
+    + """
+local now = clock(ARGV[2])
+local busy = {}
+for i = 4, #ARGV do busy[ARGV[i]] = true end
+local due = redis.call('ZRANGEBYSCORE', P .. 'outbox', '-inf', num(now), 'LIMIT', 0, 256)
+for _, msg in ipairs(due) do
+  local receiver = redis.call('HGET', P .. 'delivery:' .. msg, 'receiver')
+  if not receiver then
+    redis.call('ZREM', P .. 'outbox', msg)
+  elseif not busy[receiver] then
+    redis.call('ZADD', P .. 'outbox', now + tonumber(ARGV[3]), msg)
+    redis.call('HINCRBY', P .. 'delivery:' .. msg, 'attempts', 1)
+    return msg
+  end
+end
+return false
+"""
+)
+
+# KEYS: delivery; ARGV: prefix, now, id, state, retry_at ('' none), error
+_DELIVERY_RESULT = (
+    _LIB
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[4] == 'pending' then
+  redis.call('ZADD', P .. 'outbox', ARGV[5], ARGV[3])
+else
+  redis.call('ZREM', P .. 'outbox', ARGV[3])
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[4], 'last_error', ARGV[6])
+return 1
+"""
+)
+
+# KEYS: job; ARGV: prefix -> {rank in its owner's queue, jobs of other owners before it}
+_POSITION = (
+    _LIB
+    + """
+local st = redis.call('HMGET', KEYS[1], 'id', 'owner')
+local rank = redis.call('ZRANK', P .. 'queue:' .. st[2], st[1])
+if not rank then return {0, 0} end
+local mine = redis.call('ZSCORE', P .. 'turns', st[2]) or 0
+local others = 0
+local turns = redis.call('ZRANGE', P .. 'turns', 0, -1, 'WITHSCORES')
+for i = 1, #turns, 2 do
+  if turns[i] ~= st[2] then
+    local first = tonumber(turns[i + 1]) < tonumber(mine) and 1 or 0
+    others = others + math.min(redis.call('ZCARD', P .. 'queue:' .. turns[i]), rank + first)
+  end
+end
+return {rank, others}
+"""
+)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _unavailable(call: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Redis not answering (down, restarting, loading its data) becomes
+    :class:`StoreUnavailableError`, which callers may retry."""
+
+    @functools.wraps(call)
+    def wrapped(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return call(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                redis.ReadOnlyError) as error:  # fmt: skip
+            raise StoreUnavailableError(f"redis: {error}") from error
+
+    return wrapped
 
 
 class RedisJobStore:
-    """Jobs in the Redis at ``url`` under ``prefix``; large data in ``blobs``."""
+    """Jobs in the Redis at ``url`` under ``prefix``; large data in ``blobs``. ``clock`` (for
+    tests) replaces the server's clock."""
 
     def __init__(
         self,
         url: str,
-        blobs: LocalBlobs,
+        blobs: Blobs,
         prefix: str = "{ocr-jobs}:",
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        # No retries inside the client: a script whose answer was lost must not run twice
+        # (callers retry what is safe to retry).
         # Any: redis-py's annotations say bytes | str whatever decode_responses says.
-        self._redis: Any = redis.Redis.from_url(url, decode_responses=True)
+        self._redis: Any = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
+            retry=Retry(NoBackoff(), 0), health_check_interval=30,
+        )  # fmt: skip
         self._blobs, self._prefix, self._clock = blobs, prefix, clock
-        self._claim = self._redis.register_script(_CLAIM)
-        self._renew = self._redis.register_script(_RENEW)
-        self._set_held = self._redis.register_script(_SET_HELD)
-        self._save_page = self._redis.register_script(_SAVE_PAGE)
-        self._finish = self._redis.register_script(_FINISH)
-        self._release = self._redis.register_script(_RELEASE)
-        self._cancel = self._redis.register_script(_CANCEL)
-        self._claim_delivery = self._redis.register_script(_CLAIM_DELIVERY)
+        scripts = {
+            "submit": _SUBMIT, "claim": _CLAIM, "renew": _RENEW, "set_held": _SET_HELD,
+            "save_page": _SAVE_PAGE, "finish": _FINISH, "release": _RELEASE,
+            "cancel": _CANCEL, "delete": _DELETE, "expire": _EXPIRE,
+            "claim_delivery": _CLAIM_DELIVERY, "delivery_result": _DELIVERY_RESULT,
+            "position": _POSITION,
+        }  # fmt: skip
+        self._scripts = {name: self._redis.register_script(s) for name, s in scripts.items()}
+
+    @property
+    def blobs(self) -> Blobs:
+        return self._blobs
+
+    def _run(self, script: str, keys: Sequence[str], *args: Any) -> Any:
+        now = repr(self._clock()) if self._clock is not None else ""
+        return self._scripts[script](keys=list(keys), args=[self._prefix, now, *args])
 
     def _key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
@@ -184,101 +421,127 @@ class RedisJobStore:
     def _job_key(self, job_id: str) -> str:
         return self._key("job", job_id)
 
-    def submit(self, spec: JobSpec, upload: bytes) -> tuple[Job, bool]:
-        job_id = f"job-{uuid.uuid4().hex}"
+    @_unavailable
+    def submit(
+        self, spec: JobSpec, upload: bytes, max_queued: int | None = None
+    ) -> tuple[Job, bool]:
         owner = spec.owner or "-"
-        if spec.idempotency_key is not None:
-            idem = self._key("idem", owner, spec.idempotency_key)
-            if not self._redis.set(idem, job_id, nx=True):
-                existing = self._idempotent(idem)
-                if existing is not None:
-                    return existing, False
-                self._redis.set(idem, job_id)  # its job was never made (a crash): take it over
-        self._blobs.put(f"jobs/{job_id}/upload", upload)
-        now = self._clock()
-        fields = {"id": job_id, "state": JobState.QUEUED.value, "created_at": repr(now),
+        if max_queued is not None and self._redis.zcard(self._key("queue", owner)) >= max_queued:
+            raise QueueFullError(max_queued)  # before the upload; the script checks again
+        job_id = f"job-{uuid.uuid4().hex}"
+        blob = f"jobs/{job_id}/upload"
+        self._blobs.put(blob, upload)
+        fields = {"id": job_id, "v": SCHEMA_VERSION, "state": JobState.QUEUED.value,
                   "spec": json.dumps(spec.to_json()), "owner": owner,
-                  "pages_done": "0", "pages_failed": "0"}  # fmt: skip
-        with self._redis.pipeline(transaction=True) as tx:
-            tx.hset(self._job_key(job_id), mapping=fields)
-            tx.zadd(self._key("owner", owner), {job_id: now})
-            tx.zadd(self._key("active"), {job_id: now})
-            tx.execute()
-        job = self.get(job_id)
-        assert job is not None
-        return job, True
+                  "idempotency_key": spec.idempotency_key or "",
+                  "webhook_url": spec.webhook_url or "",
+                  "webhook_receiver": webhook_receiver(spec),
+                  "pages_done": 0, "pages_failed": 0, "lease_token": 0, "lapses": 0}  # fmt: skip
+        pairs = [item for pair in fields.items() for item in pair]
+        outcome, found = self._run(
+            "submit", [self._job_key(job_id)], job_id, owner, spec.idempotency_key or "",
+            request_fingerprint(spec, upload) if spec.idempotency_key else "",
+            "" if max_queued is None else max_queued, *pairs,
+        )  # fmt: skip
+        if outcome != "new":
+            self._blobs.delete(blob)
+        if outcome == "full":
+            raise QueueFullError(int(found))
+        if outcome == "conflict":
+            raise IdempotencyConflictError(found)
+        job = self.get(found)
+        if job is None:  # deleted the moment it was made
+            raise KeyError(found)
+        return job, outcome == "new"
 
-    def _idempotent(self, idem: str) -> Job | None:
-        """The job an idempotency key names, waiting a moment for one being made."""
-        for _ in range(20):
-            job_id = self._redis.get(idem)
-            job = self.get(job_id) if job_id else None
-            if job is not None:
-                return job
-            time.sleep(0.05)
-        return None
-
+    @_unavailable
     def get(self, job_id: str) -> Job | None:
         fields = self._redis.hgetall(self._job_key(job_id))
         return _job(fields) if fields else None
 
+    @_unavailable
     def upload(self, job_id: str) -> bytes:
         return self._blobs.get(f"jobs/{job_id}/upload")
 
+    @_unavailable
     def list_jobs(
         self, owner: str | None, state: JobState | None = None, limit: int = 20, offset: int = 0
     ) -> list[Job]:
-        ids = self._redis.zrevrange(self._key("owner", owner or "-"), 0, -1)
+        index = self._key("owner", owner or "-")
+        if state is None:
+            ids = self._redis.zrevrange(index, offset, offset + limit - 1)
+            return [job for job in self._jobs(ids) if job is not None]
         found: list[Job] = []
-        skipped = 0
-        for start in range(0, len(ids), 200):
-            with self._redis.pipeline(transaction=False) as batch:
-                for job_id in ids[start : start + 200]:
-                    batch.hgetall(self._job_key(job_id))
-                rows = batch.execute()
-            for fields in rows:
-                if not fields or (state is not None and fields["state"] != state.value):
+        skipped, start = 0, 0
+        while len(found) < limit:
+            ids = self._redis.zrevrange(index, start, start + 199)
+            if not ids:
+                break
+            start += len(ids)
+            for job in self._jobs(ids):
+                if job is None or job.state is not state:
                     continue
                 if skipped < offset:
                     skipped += 1
                     continue
-                found.append(_job(fields))
+                found.append(job)
                 if len(found) == limit:
-                    return found
+                    break
         return found
 
-    def claim(self, worker: str, lease_s: float) -> Job | None:
-        now = self._clock()
-        args = [repr(now), worker, repr(lease_s), self._job_key("")]
-        job_id = self._claim(keys=[self._key("active")], args=args)
-        return self.get(job_id) if job_id else None
+    def _jobs(self, ids: Sequence[str]) -> list[Job | None]:
+        with self._redis.pipeline(transaction=False) as batch:
+            for job_id in ids:
+                batch.hgetall(self._job_key(job_id))
+            rows = batch.execute()
+        return [_tolerant(fields) for fields in rows]
 
-    def renew(self, job_id: str, worker: str, lease_s: float) -> bool:
-        until = repr(self._clock() + lease_s)
-        return bool(self._renew(keys=[self._job_key(job_id)], args=[worker, until]))
+    @_unavailable
+    def claim(self, worker: str, lease_s: float, max_attempts: int = 3) -> Job | None:
+        while True:
+            claimed = self._run("claim", [self._key("running")], worker, repr(lease_s),
+                                max_attempts, json.dumps(RUNNER_LOST))  # fmt: skip
+            if not claimed:
+                return None
+            job_id, token = claimed
+            fields = self._redis.hgetall(self._job_key(job_id))
+            try:
+                return _job(fields)
+            except (KeyError, ValueError, TypeError) as error:
+                logger.exception("job %s: its stored fields do not decode; it fails", job_id)
+                self.finish(job_id, int(token), JobState.FAILED, unreadable(error))
 
+    @_unavailable
+    def renew(self, job_id: str, token: int, lease_s: float) -> bool:
+        keys = [self._job_key(job_id)]
+        return bool(self._run("renew", keys, job_id, token, repr(lease_s)))
+
+    @_unavailable
     def set_selected(
-        self, job_id: str, worker: str, kind: str, page_count: int, numbers: Sequence[int]
+        self, job_id: str, token: int, kind: str, page_count: int, numbers: Sequence[int]
     ) -> bool:
-        args = [worker, "kind", kind, "page_count", str(page_count),
+        args = [token, "kind", kind, "page_count", page_count,
                 "selected", json.dumps(list(numbers))]  # fmt: skip
-        return bool(self._set_held(keys=[self._job_key(job_id)], args=args))
+        return bool(self._run("set_held", [self._job_key(job_id)], *args))
 
+    @_unavailable
     def save_page(
-        self, job_id: str, worker: str, number: int, page: dict[str, Any], failed: bool
+        self, job_id: str, token: int, number: int, page: dict[str, Any], failed: bool
     ) -> bool:
         blob = f"jobs/{job_id}/pages/{number}.{uuid.uuid4().hex[:12]}.json"  # this save's own
         self._blobs.put(blob, json.dumps(page).encode())
         keys = [self._job_key(job_id), self._key("job", job_id, "pages"),
                 self._key("job", job_id, "order")]  # fmt: skip
-        outcome = self._save_page(keys=keys, args=[worker, number, blob, int(failed)])
+        outcome = self._run("save_page", keys, token, number, blob, int(failed))
         if outcome != 2:  # not held, or stored before: this body is nobody's
             self._blobs.delete(blob)
         return bool(outcome)
 
+    @_unavailable
     def stored_numbers(self, job_id: str) -> set[int]:
         return {int(n) for n in self._redis.hkeys(self._key("job", job_id, "pages"))}
 
+    @_unavailable
     def pages(self, job_id: str, skip: int = 0) -> list[StoredPage]:
         numbers = self._redis.lrange(self._key("job", job_id, "order"), skip, -1)
         if not numbers:
@@ -286,91 +549,110 @@ class RedisJobStore:
         blobs = self._redis.hmget(self._key("job", job_id, "pages"), numbers)
         out = []
         for seq, (number, blob) in enumerate(zip(numbers, blobs, strict=True), start=skip + 1):
-            try:
-                page = json.loads(self._blobs.get(blob))
-            except KeyError:  # freed meanwhile (expired, deleted)
+            page = self._body(job_id, blob)
+            if page is None:  # freed meanwhile (expired, deleted)
                 break
             out.append(StoredPage(seq, int(number), page))
         return out
 
+    @_unavailable
     def page(self, job_id: str, number: int) -> dict[str, Any] | None:
         blob = self._redis.hget(self._key("job", job_id, "pages"), str(number))
-        if blob is None:
-            return None
+        return self._body(job_id, blob) if blob is not None else None
+
+    def _body(self, job_id: str, blob: str | None) -> dict[str, Any] | None:
+        """A stored page's body; ``None`` when its job was freed meanwhile.
+
+        Raises:
+            PageBodyMissingError: The body is gone while the job still holds it.
+        """
         try:
+            if blob is None:
+                raise KeyError(blob)
             page: dict[str, Any] = json.loads(self._blobs.get(blob))
+            return page
         except KeyError:
-            return None
-        return page
+            fields = self._redis.hmget(self._job_key(job_id), "state", "expired_at")
+            if fields[0] is None or fields[1] is not None:
+                return None
+            raise PageBodyMissingError(
+                f"job {job_id}: a stored page's body ({blob}) is missing from {self._blobs.url}"
+            ) from None
 
-    def _active(self) -> list[tuple[str, str]]:
-        """Each queued or running job's id and state, oldest first."""
-        ids = self._redis.zrange(self._key("active"), 0, -1)
-        with self._redis.pipeline(transaction=False) as batch:
-            for job_id in ids:
-                batch.hget(self._job_key(job_id), "state")
-            states = batch.execute()
-        return list(zip(ids, states, strict=True))
-
+    @_unavailable
     def queue_position(self, job: Job) -> int:
-        ahead = 0
-        for job_id, state in self._active():
-            if job_id == job.id:
-                break
-            ahead += state == JobState.QUEUED.value
-        return ahead
+        rank, others = self._run("position", [self._job_key(job.id)])
+        return int(rank) + int(others)
 
+    @_unavailable
     def stats(self) -> JobStats:
-        active = self._active()
-        queued = [job_id for job_id, state in active if state == JobState.QUEUED.value]
-        oldest = 0.0
-        if queued:
-            created = self._redis.zscore(self._key("active"), queued[0]) or self._clock()
-            oldest = self._clock() - created
-        return JobStats(len(queued), len(active) - len(queued), oldest)
+        with self._redis.pipeline(transaction=False) as batch:
+            batch.zcard(self._key("queued"))
+            batch.zcard(self._key("running"))
+            batch.zrange(self._key("queued"), 0, 0, withscores=True)
+            batch.time()
+            queued, running, oldest, (seconds, micros) = batch.execute()
+        now = self._clock() if self._clock is not None else seconds + micros / 1e6
+        return JobStats(queued, running, now - oldest[0][1] if oldest else 0.0)
 
+    @_unavailable
     def finish(
-        self, job_id: str, worker: str, state: JobState, error: dict[str, str] | None = None
+        self, job_id: str, token: int, state: JobState, error: dict[str, str] | None = None
     ) -> bool:
-        keys = [self._job_key(job_id), self._key("active"), self._key("finished")]
         body = json.dumps(error) if error else ""
-        args = [worker, job_id, state.value, repr(self._clock()), body, _message_id(),
-                self._prefix]  # fmt: skip
-        return bool(self._finish(keys=keys, args=args))
+        return bool(self._run("finish", [self._job_key(job_id)], job_id, token, state.value, body))
 
-    def release(self, job_id: str, worker: str) -> bool:
-        return bool(self._release(keys=[self._job_key(job_id)], args=[worker]))
+    @_unavailable
+    def release(self, job_id: str, token: int) -> bool:
+        return bool(self._run("release", [self._job_key(job_id)], job_id, token))
 
+    @_unavailable
     def cancel(self, job_id: str) -> Job | None:
-        keys = [self._job_key(job_id), self._key("active"), self._key("finished")]
-        args = [job_id, repr(self._clock()), _message_id(), self._prefix]
-        if not self._cancel(keys=keys, args=args):
+        if not self._run("cancel", [self._job_key(job_id)], job_id):
             return None
         return self.get(job_id)
 
-    def claim_delivery(self, lease_s: float) -> Delivery | None:
-        args = [repr(self._clock()), repr(lease_s), self._prefix]
-        delivery_id = self._claim_delivery(keys=[self._key("outbox")], args=args)
+    @_unavailable
+    def delete(self, job_id: str) -> bool:
+        if not self._run("delete", [self._job_key(job_id)], job_id):
+            return False
+        self._blobs.delete_tree(f"jobs/{job_id}")
+        return True
+
+    @_unavailable
+    def expire(self, older_than_s: float) -> int:
+        freed = 0
+        while ids := self._run("expire", [self._key("finished")], repr(older_than_s), 100):
+            for job_id in ids:
+                self._blobs.delete_tree(f"jobs/{job_id}")
+            freed += len(ids)
+        return freed
+
+    @_unavailable
+    def claim_delivery(self, lease_s: float, busy: Collection[str] = ()) -> Delivery | None:
+        delivery_id = self._run("claim_delivery", [self._key("outbox")], repr(lease_s), *busy)
         if not delivery_id:
             return None
         fields = self._redis.hgetall(self._key("delivery", delivery_id))
-        return Delivery(delivery_id, fields["job_id"], fields["url"],
-                        JobState(fields["job_state"]), float(fields["created_at"]),
-                        int(fields["attempts"]))  # fmt: skip
+        if not fields:  # its job was deleted meanwhile
+            return None
+        return Delivery(
+            delivery_id, fields["job_id"], fields["url"], JobState(fields["job_state"]),
+            float(fields["created_at"]), int(fields["attempts"]),
+            owner=None if fields.get("owner", "-") == "-" else fields["owner"],
+            receiver=fields.get("receiver", ""),
+        )  # fmt: skip
 
+    @_unavailable
     def delivery_result(
         self, delivery_id: str, delivered: bool, retry_at: float | None, error: str | None
     ) -> None:
-        key = self._key("delivery", delivery_id)
-        with self._redis.pipeline(transaction=True) as tx:
-            if retry_at is not None and not delivered:
-                tx.zadd(self._key("outbox"), {delivery_id: retry_at})
-            else:
-                tx.zrem(self._key("outbox"), delivery_id)
-                tx.hset(key, "state", "delivered" if delivered else "failed")
-            tx.hset(key, "last_error", error or "")
-            tx.execute()
+        state = "delivered" if delivered else ("pending" if retry_at is not None else "failed")
+        keys = [self._key("delivery", delivery_id)]
+        retry = repr(retry_at) if retry_at is not None else ""
+        self._run("delivery_result", keys, delivery_id, state, retry, error or "")
 
+    @_unavailable
     def delivery_state(self, job_id: str) -> dict[str, Any] | None:
         delivery_id = self._redis.get(self._key("job", job_id, "delivery"))
         fields = self._redis.hgetall(self._key("delivery", delivery_id)) if delivery_id else {}
@@ -379,48 +661,33 @@ class RedisJobStore:
         return {"state": fields["state"], "attempts": int(fields["attempts"]),
                 "last_error": fields.get("last_error") or None}  # fmt: skip
 
-    def delete(self, job_id: str) -> bool:
-        job = self.get(job_id)
-        if job is None:
-            return False
-        owner = job.spec.owner or "-"
-        with self._redis.pipeline(transaction=True) as tx:
-            tx.delete(self._job_key(job_id), self._key("job", job_id, "pages"),
-                      self._key("job", job_id, "order"))  # fmt: skip
-            tx.zrem(self._key("active"), job_id)
-            tx.zrem(self._key("finished"), job_id)
-            tx.zrem(self._key("owner", owner), job_id)
-            if job.spec.idempotency_key is not None:
-                tx.delete(self._key("idem", owner, job.spec.idempotency_key))
-            tx.execute()
-        self._blobs.delete_tree(f"jobs/{job_id}")
-        return True
 
-    def expire(self, older_than_s: float) -> int:
-        now = self._clock()
-        ids = self._redis.zrangebyscore(self._key("finished"), "-inf", now - older_than_s)
-        for job_id in ids:
-            with self._redis.pipeline(transaction=True) as tx:
-                tx.delete(self._key("job", job_id, "pages"), self._key("job", job_id, "order"))
-                tx.hset(self._job_key(job_id), "expired_at", repr(now))
-                tx.zrem(self._key("finished"), job_id)
-                tx.execute()
-            self._blobs.delete_tree(f"jobs/{job_id}")
-        return len(ids)
-
-
-def _message_id() -> str:
-    return f"msg_{uuid.uuid4().hex}"
+def _tolerant(fields: dict[str, str]) -> Job | None:
+    """A listed job, or ``None`` for one that does not decode (logged)."""
+    if not fields:
+        return None
+    try:
+        return _job(fields)
+    except (KeyError, ValueError, TypeError):
+        logger.exception("job %s: its stored fields do not decode", fields.get("id"))
+        return None
 
 
 def _job(fields: dict[str, str]) -> Job:
+    """A job from its stored fields (fields it does not know are ignored).
+
+    Raises:
+        KeyError, ValueError, TypeError: For fields that are not a stored job.
+    """
+
     def number(name: str) -> float | None:
         value = fields.get(name)
-        return float(value) if value is not None else None
+        return float(value) if value else None
 
     selected = fields.get("selected")
     page_count = fields.get("page_count")
     error = fields.get("error")
+    token = fields.get("lease_token")
     return Job(
         id=fields["id"],
         state=JobState(fields["state"]),
@@ -430,11 +697,13 @@ def _job(fields: dict[str, str]) -> Job:
         finished_at=number("finished_at"),
         expired_at=number("expired_at"),
         kind=fields.get("kind"),
-        page_count=int(page_count) if page_count is not None else None,
+        page_count=int(page_count) if page_count else None,
         selected=tuple(json.loads(selected)) if selected else None,
         pages_done=int(fields.get("pages_done", 0)),
         pages_failed=int(fields.get("pages_failed", 0)),
         error=json.loads(error) if error else None,
         lease_owner=fields.get("lease_owner"),
         lease_until=number("lease_until"),
+        lease_token=int(token) if token and fields.get("state") == "running" else None,
+        lapses=int(fields.get("lapses", 0)),
     )

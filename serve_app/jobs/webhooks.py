@@ -35,13 +35,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import httpx
 from standardwebhooks import Webhook
 
 from serve_app.config import AppConfig
-from serve_app.documents.fetch import DEFAULT_PORTS, FetchPolicy, UrlNotAllowedError, post_url
+from serve_app.documents.fetch import FetchPolicy, UrlNotAllowedError, post_url
 from serve_app.errors import ClientError, InvalidInputError
-from serve_app.jobs.store import Delivery, JobStore
+from serve_app.jobs.store import (
+    Delivery,
+    JobStore,
+    receiver,  # noqa: F401  (part of this module's API)
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -77,29 +80,6 @@ def secret_key(secret: str) -> bytes:
 def new_secret() -> str:
     """A new signing secret: ``whsec_`` and 32 random bytes in base64."""
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def receiver(url: str) -> str:
-    """Whom ``url`` calls: its ``scheme://host:port``, the default port written out. Calls to
-    one receiver are limited together.
-
-    >>> receiver("https://Hooks.example.com/ocr?job=1")
-    'https://hooks.example.com:443'
-    >>> receiver("http://[::1]:8080/hook")
-    'http://[::1]:8080'
-
-    Raises:
-        ValueError: For a URL that is not http(s) with a host.
-    """
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
-        raise ValueError("a webhook URL is not a URL") from None
-    host = parsed.raw_host.decode("ascii")
-    if parsed.scheme not in DEFAULT_PORTS or not host:
-        raise ValueError("a webhook URL is http(s) and names a host")
-    host = f"[{host}]" if ":" in host else host
-    return f"{parsed.scheme}://{host}:{parsed.port or DEFAULT_PORTS[parsed.scheme]}"
 
 
 @dataclass(frozen=True)

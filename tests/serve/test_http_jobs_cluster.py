@@ -25,7 +25,7 @@ def app_config(redis_url: str, blobs: Path, page_s: float) -> AppConfig:
     return AppConfig.model_validate(
         {
             "models": {"deepseek-ocr": {"kind": "fake", "fake": {"first_token_latency_s": page_s}}},
-            "jobs": {"enabled": True, "store": "redis", "redis_url": redis_url, "blob_dir": str(blobs),
+            "jobs": {"enabled": True, "store": "redis", "redis_url": redis_url, "blob_url": str(blobs),
                      "lease_s": 4.0, "poll_interval_s": 0.2, "pages_in_flight": 4},
         }
     )  # fmt: skip

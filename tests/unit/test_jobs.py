@@ -22,7 +22,7 @@ from serve_app.jobs.model import JobSpec, JobState
 from serve_app.jobs.redis_store import RedisJobStore
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.sqlite import SqliteJobStore
-from serve_app.jobs.store import JobStats, JobStore
+from serve_app.jobs.store import IdempotencyConflictError, JobStats, JobStore
 from serve_app.testing.synthetic import text_pdf
 
 TINY = RequestFields(mode="tiny")
@@ -57,11 +57,16 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
 def test_a_job_is_stored_and_an_idempotent_submit_returns_it(make_store: StoreFactory) -> None:
     jobs = make_store()
     first, created = jobs.submit(JobSpec(TINY, owner="k1", idempotency_key="abc"), b"%PDF")
-    again, created_again = jobs.submit(JobSpec(TINY, owner="k1", idempotency_key="abc"), b"x")
+    again, created_again = jobs.submit(JobSpec(TINY, owner="k1", idempotency_key="abc"), b"%PDF")
     other, created_other = jobs.submit(JobSpec(TINY, owner="k2", idempotency_key="abc"), b"y")
     assert (created, created_again, created_other) == (True, False, True)
     assert again.id == first.id != other.id
-    assert jobs.upload(first.id) == b"%PDF"  # the repeat did not replace the document
+    for changed in (JobSpec(TINY, owner="k1", idempotency_key="abc"),
+                    JobSpec(RequestFields(mode="small"), owner="k1", idempotency_key="abc")):  # fmt: skip
+        with pytest.raises(IdempotencyConflictError) as conflict:
+            jobs.submit(changed, b"%PDF" if changed.fields != TINY else b"%PDF-other")
+        assert conflict.value.job_id == first.id
+    assert jobs.upload(first.id) == b"%PDF"  # no repeat replaced the document
     assert first.state is JobState.QUEUED and first.spec.fields == TINY
     assert [j.id for j in jobs.list_jobs("k1")] == [first.id]  # a key sees only its own
     assert [j.id for j in jobs.list_jobs(None)] == []
@@ -73,14 +78,18 @@ def test_a_claim_is_exclusive_and_a_lapsed_lease_is_claimed_again(make_store: St
     job, _ = a.submit(JobSpec(TINY), b"%PDF")
     claimed = a.claim("runner-a", lease_s=30)
     assert claimed is not None and claimed.id == job.id and claimed.lease_owner == "runner-a"
+    assert claimed.lease_token == 1
     assert b.claim("runner-b", lease_s=30) is None
-    assert not b.save_page(job.id, "runner-b", 1, {"page": 1}, failed=False)  # no lease
-    assert a.save_page(job.id, "runner-a", 1, {"page": 1}, failed=False)
-    assert a.save_page(job.id, "runner-a", 1, {"page": 1, "again": True}, failed=False)
+    assert not b.save_page(job.id, 2, 1, {"page": 1}, failed=False)  # no such claim
+    assert a.save_page(job.id, 1, 1, {"page": 1}, failed=False)
+    assert a.save_page(job.id, 1, 1, {"page": 1, "again": True}, failed=False)
     clock.now += 31  # runner-a stopped renewing: it died
     taken = b.claim("runner-b", lease_s=30)
     assert taken is not None and taken.id == job.id and taken.pages_done == 1  # stored once
-    assert not a.renew(job.id, "runner-a", 30) and b.renew(job.id, "runner-b", 30)
+    assert (taken.lease_token, taken.lapses) == (2, 1)
+    assert not a.renew(job.id, 1, 30) and b.renew(job.id, 2, 30)
+    assert not a.save_page(job.id, 1, 2, {"page": 2}, failed=False)  # the lapsed claim
+    assert not a.finish(job.id, 1, JobState.SUCCEEDED)
     assert [p.page for p in b.pages(job.id)] == [{"page": 1}]
 
 
@@ -97,11 +106,12 @@ def test_pages_queue_listing_cancel_release_and_delete(make_store: StoreFactory)
 
     claimed = jobs.claim("r", 30)
     assert claimed is not None and claimed.id == first.id and claimed.started_at == clock.now
-    assert jobs.queue_position(third) == 1
-    assert jobs.set_selected(first.id, "r", "pdf", 9, [2, 3, 5])
+    token = claimed.lease_token
+    assert token is not None and jobs.queue_position(third) == 1
+    assert jobs.set_selected(first.id, token, "pdf", 9, [2, 3, 5])
     for number in (5, 2):
-        assert jobs.save_page(first.id, "r", number, {"page": number}, failed=number == 2)
-    assert not jobs.save_page(first.id, "other", 3, {"page": 3}, failed=False)
+        assert jobs.save_page(first.id, token, number, {"page": number}, failed=number == 2)
+    assert not jobs.save_page(first.id, token + 1, 3, {"page": 3}, failed=False)
     got = jobs.get(first.id)
     assert got is not None and (got.kind, got.page_count, got.selected) == ("pdf", 9, (2, 3, 5))
     assert (got.pages_done, got.pages_failed, got.pages_total) == (2, 1, 3)
@@ -113,9 +123,10 @@ def test_pages_queue_listing_cancel_release_and_delete(make_store: StoreFactory)
     assert jobs.page(first.id, 2) == {"page": 2} and jobs.page(first.id, 3) is None
     assert jobs.stats() == JobStats(queued=2, running=1, oldest_queued_s=1.0)
 
-    assert jobs.release(first.id, "r") and not jobs.release(first.id, "r")
+    assert jobs.release(first.id, token) and not jobs.release(first.id, token)
     again = jobs.claim("r2", 30)
     assert again is not None and again.id == first.id and again.pages_done == 2
+    assert again.lease_token == token + 1 and again.lapses == 0  # a release is no lapse
 
     cancelled = jobs.cancel(second.id)
     assert cancelled is not None and cancelled.state is JobState.CANCELLED
@@ -128,16 +139,17 @@ def test_pages_queue_listing_cancel_release_and_delete(make_store: StoreFactory)
     assert jobs.get(first.id) is None and jobs.pages(first.id) == []
     with pytest.raises(KeyError):
         jobs.upload(first.id)
-    assert not jobs.save_page(first.id, "r2", 3, {"page": 3}, failed=False)
+    assert not jobs.save_page(first.id, token + 1, 3, {"page": 3}, failed=False)
 
 
 def test_expiry_frees_the_storage_and_keeps_the_id(make_store: StoreFactory) -> None:
     clock = Clock()
     jobs = make_store(clock)
     job, _ = jobs.submit(JobSpec(TINY), b"%PDF" + b"\0" * 1000)
-    jobs.claim("r", 30)
-    jobs.save_page(job.id, "r", 1, {"page": 1}, failed=False)
-    jobs.finish(job.id, "r", JobState.SUCCEEDED)
+    claimed = jobs.claim("r", 30)
+    assert claimed is not None and claimed.lease_token is not None
+    jobs.save_page(job.id, claimed.lease_token, 1, {"page": 1}, failed=False)
+    jobs.finish(job.id, claimed.lease_token, JobState.SUCCEEDED)
     assert jobs.expire(older_than_s=86400) == 0
     clock.now += 86401
     assert jobs.expire(older_than_s=86400) == 1
@@ -250,8 +262,8 @@ def test_an_ended_job_owes_its_webhook_once_until_it_is_delivered(
     assert jobs.claim_delivery(30) is None
     for job in (done, plain):
         claimed = jobs.claim("r", 30)
-        assert claimed is not None and claimed.id == job.id
-        assert jobs.finish(job.id, "r", JobState.SUCCEEDED)
+        assert claimed is not None and claimed.id == job.id and claimed.lease_token is not None
+        assert jobs.finish(job.id, claimed.lease_token, JobState.SUCCEEDED)
     assert jobs.delivery_state(plain.id) is None  # it asked for none
 
     owed = jobs.claim_delivery(lease_s=30)
