@@ -469,8 +469,8 @@ class JobsConfig(_Config):
         None,
         description="The S3 server of s3:// blobs when it is not AWS (http://seaweedfs:8333, "
         "https://storage.googleapis.com); $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL replace "
-        "it. Credentials come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY, or the "
-        "node's cloud role.",
+        "it. Credentials come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY (HMAC keys "
+        "on GCS), or the pod's AWS role.",
     )
     blob_region: str | None = Field(
         None, description="The bucket's region ($AWS_REGION replaces it); None: the SDK's."

@@ -47,14 +47,14 @@ class Service:
             }
         )
         self.stages = self.loop.run(LocalStages.started(self.config))
-        documents = DocumentRunner.from_config(self.config.ingress, self.stages)
+        self.documents = documents = DocumentRunner.from_config(self.config.ingress, self.stages)
         self.store = SqliteJobStore(self.config.jobs.store_path)
         runner = JobRunner(self.store, documents, Door(self.config), "runner-1", lease_s=3.0,
                            check_s=0.1)  # fmt: skip
         self.jobs = JobLoop(runner, jobs_at_once=2, poll_s=0.2, result_ttl_s=3600)
         self.task = self.loop.run(self._start())
         service = OCRService(self.config, documents)
-        keys = ApiKeys((hash_key(KEY_A), hash_key(KEY_B)))
+        self.keys = keys = ApiKeys((hash_key(KEY_A), hash_key(KEY_B)))
         self.app = create_api(service, Admission(4, 4), always_ready, keys,
                               JobsService(self.config, self.store, wake=self.jobs.wake))  # fmt: skip
 
@@ -159,6 +159,29 @@ def test_a_repeated_submit_with_an_idempotency_key_returns_the_same_job(a: httpx
     again = a.post("/v1/jobs", params={"mode": "tiny"}, content=pdf, headers=key)
     assert (first.status_code, again.status_code) == (202, 200)
     assert first.json()["id"] == again.json()["id"]
+    for params, body in (({"mode": "small"}, pdf), ({"mode": "tiny"}, text_pdf(2))):
+        other = a.post("/v1/jobs", params=params, content=body, headers=key)
+        assert other.status_code == 422, other.text
+        error = other.json()["error"]
+        assert error["code"] == "idempotency_key_reused" and first.json()["id"] in error["message"]
+
+
+def test_a_key_past_its_queued_jobs_gets_429(service: Service, tmp_path: Path) -> None:
+    limited = service.config.jobs.model_copy(update={"max_queued_per_key": 1})
+    store = SqliteJobStore(tmp_path / "unclaimed.db")  # no runner: jobs stay queued
+    jobs = JobsService(service.config.model_copy(update={"jobs": limited}), store)
+    app = create_api(OCRService(service.config, service.documents), Admission(4, 4),
+                     always_ready, service.keys, jobs)  # fmt: skip
+    with httpx.Client(transport=LoopTransport(app, service.loop), base_url="http://test",
+                      headers={"Authorization": f"Bearer {KEY_B}"}) as b:  # fmt: skip
+        first = b.post("/v1/jobs", params={"mode": "tiny"}, content=text_pdf(1), headers=PDF)
+        refused = b.post("/v1/jobs", params={"mode": "tiny"}, content=text_pdf(1), headers=PDF)
+        assert first.status_code == 202 and refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "too_many_queued_jobs"
+        assert refused.headers["retry-after"] == "30"
+        assert b.post(f"/v1/jobs/{first.json()['id']}/cancel").status_code == 200
+        again = b.post("/v1/jobs", params={"mode": "tiny"}, content=text_pdf(1), headers=PDF)
+        assert again.status_code == 202  # a queued job less: room again
 
 
 def test_events_resume_after_the_last_event_id_without_a_gap_or_a_repeat(
