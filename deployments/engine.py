@@ -55,6 +55,11 @@ class EngineDeployment:
     def ready(self) -> bool:
         return self._recognizer.engine.is_ready()
 
+    def served_requests(self) -> list[str]:
+        """The fake engine's request ids so far, one per call (tests count the engine calls a
+        job made across nodes); empty for a real engine."""
+        return list(getattr(self._recognizer.engine, "served", ()))
+
     def num_unfinished(self) -> int:
         """Requests the engine is still working on (aborted ones leave promptly)."""
         return self._recognizer.engine.num_unfinished()

@@ -80,6 +80,7 @@ class FakeEngine:
         self._requests = 0
         self._running = InFlight()
         self._died = asyncio.Event()
+        self.served: list[str] = []  # every request's id, in order (tests count engine calls)
 
     async def start(self) -> None:
         await asyncio.sleep(self._start_latency_s)
@@ -129,6 +130,7 @@ class FakeEngine:
             raise InvalidInputError("the fake engine reads tiled views, not the page's pixels")
         with self._running.running(request.request_id) as aborted:
             self._requests += 1
+            self.served.append(request.request_id)
             number = self._requests
             if self._config.fail_every and number % self._config.fail_every == 0:
                 raise GenerationError(f"injected failure on request {number}")

@@ -82,8 +82,10 @@ def open_blobs(
     env: Mapping[str, str] = os.environ,
 ) -> Blobs:
     """The blobs at ``url``: ``s3://bucket/prefix`` or a local directory. The standard AWS
-    variables replace ``endpoint`` (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``) and
-    ``region`` (``AWS_REGION``).
+    variables in ``env`` replace ``endpoint`` (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``)
+    and ``region`` (``AWS_REGION``) and give the credentials (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``; without them, the SDK's own chain: a
+    role, a profile).
 
     Raises:
         ValueError: For a URL of another scheme, or an S3 URL without a bucket.
@@ -94,7 +96,9 @@ def open_blobs(
             raise ValueError(f"blob URL {url!r} names no bucket (s3://bucket/prefix)")
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or endpoint
         region = env.get("AWS_REGION") or region
-        return S3Blobs(parts.netloc, parts.path.strip("/"), endpoint, region)
+        keys = (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"))
+        credentials = (*keys, env.get("AWS_SESSION_TOKEN")) if all(keys) else None
+        return S3Blobs(parts.netloc, parts.path.strip("/"), endpoint, region, credentials)
     if parts.scheme in ("", "file"):
         return LocalBlobs(parts.path if parts.scheme else url)
     raise ValueError(f"blob URL {url!r}: use s3://bucket/prefix or a local directory")
@@ -146,8 +150,9 @@ class LocalBlobs:
 
 class S3Blobs:
     """Blobs as objects under ``prefix/`` in ``bucket``, on AWS or the S3 server at
-    ``endpoint`` (``http://host:port``). Each call fails within ``timeout_s`` when the server
-    does not answer (after the SDK's own retries)."""
+    ``endpoint`` (``http://host:port``), with ``credentials`` (key id, secret, session token)
+    or the SDK's own chain. Each call fails within ``timeout_s`` when the server does not
+    answer (after the SDK's own retries)."""
 
     local = False
 
@@ -157,6 +162,7 @@ class S3Blobs:
         prefix: str = "",
         endpoint: str | None = None,
         region: str | None = None,
+        credentials: tuple[str | None, ...] | None = None,
         timeout_s: float = 10.0,
     ) -> None:
         from pyarrow import fs
@@ -171,6 +177,11 @@ class S3Blobs:
             options.update(endpoint_override=where.netloc, scheme=where.scheme)
         if region:
             options["region"] = region
+        if credentials is not None:
+            access_key, secret_key, session_token = credentials
+            options.update(access_key=access_key, secret_key=secret_key)
+            if session_token:
+                options["session_token"] = session_token
         self._fs = fs.S3FileSystem(**options)
         self._root = f"{bucket}/{prefix}".rstrip("/")
         self._url = f"s3://{self._root}" + (f" at {endpoint}" if endpoint else "")
