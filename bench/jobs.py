@@ -2,7 +2,8 @@
 latency while two large jobs run, each store's cost per page, and the ingress's and runner's
 memory after a 1,000-page job.
 
-Run: ``.venv/bin/python -m bench.jobs`` (fake engine at a fixed cost per page; the graph as
+Run: ``.venv/bin/python -m bench.jobs`` (``--cluster``: :mod:`bench.jobs_cluster`, three
+Ray nodes against one) (fake engine at a fixed cost per page; the graph as
 ``serve_config.yaml`` deploys it, fixed replica counts; Linux, for /proc). Targets (issue 21):
 a job at least 0.95x the stream's pages/s; interactive p50 and p95 at most 2x idle while two
 large jobs run; flat memory.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -97,6 +99,11 @@ def directory_bytes(path: Path) -> int:
 
 
 def main() -> None:
+    if "--cluster" in sys.argv[1:]:
+        from bench.jobs_cluster import run
+
+        run([arg for arg in sys.argv[1:] if arg != "--cluster"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=100, help="the long PDF")
     parser.add_argument("--big-pages", type=int, default=1000, help="the memory job")
