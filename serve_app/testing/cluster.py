@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from serve_app.testing.serve import free_port
+from serve_app.testing.serve import free_port, free_ports
 
 HEAD = "head"
 # Every worker node has this resource too: ``{"worker": 0.01}`` keeps a replica off the head.
@@ -161,6 +161,7 @@ class LocalCluster:
         # machine's): short, as Ray's socket paths must be.
         self.temp_dir = f"/tmp/rtc-{uuid.uuid4().hex[:6]}"
         self.gcs_port = free_port()
+        self._ports: set[int] = {self.gcs_port}
         self.http_port: int | None = None
         self._saved_env: dict[str, str | None] = {}
         self._connected = False
@@ -383,7 +384,11 @@ class LocalCluster:
 
     def _popen_node(self, name: str) -> None:
         node = self.nodes[name]
-        ports = {flag: free_port() for flag in _PORT_FLAGS}
+        # Distinct from each other and from every port this cluster handed out before: a node
+        # binds them only once it starts, after the next node's were chosen.
+        chosen = free_ports(len(_PORT_FLAGS) + 1, avoid=self._ports)
+        self._ports.update(chosen)
+        ports = dict(zip(_PORT_FLAGS, chosen, strict=False))
         node.node_manager_port = ports["node-manager-port"]
         command = [ray_binary(), "start", "--node-ip-address=127.0.0.1",
                    f"--num-cpus={node.num_cpus:g}", f"--resources={json.dumps(node.resources)}",
@@ -394,7 +399,7 @@ class LocalCluster:
                    *(f"--{flag}={port}" for flag, port in ports.items())]  # fmt: skip
         if name == HEAD:
             command += ["--head", f"--port={self.gcs_port}", "--include-dashboard=false",
-                        f"--ray-client-server-port={free_port()}"]  # fmt: skip
+                        f"--ray-client-server-port={chosen[-1]}"]  # fmt: skip
         else:
             command += [f"--address={self.address}"]
         env = {**os.environ, **self.env, **self.health_check,
