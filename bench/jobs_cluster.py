@@ -21,13 +21,11 @@ from typing import Any
 
 import httpx
 
+from bench.jobs import store_cost
 from serve_app.config import AppConfig
-from serve_app.documents.door import RequestFields
 from serve_app.jobs.blobs import LocalBlobs, open_blobs
-from serve_app.jobs.model import JobSpec
 from serve_app.jobs.redis_store import RedisJobStore
 from serve_app.jobs.sqlite import SqliteJobStore
-from serve_app.jobs.store import JobStore
 from serve_app.testing.synthetic import text_pdf
 
 APP = "bench-jobs-cluster"
@@ -79,21 +77,6 @@ def jobs_pages_per_s(url: str, jobs: int, pages: int) -> tuple[float, dict[str, 
         rate = jobs * pages / (time.perf_counter() - start)
         page: dict[str, Any] = client.get(f"/v1/jobs/{ids[0]}/pages/1").json()
         return rate, page
-
-
-def store_cost(store: JobStore, page: dict[str, Any], pages: int) -> tuple[float, float]:
-    """Milliseconds per page to store it (lease check included) and to read all back."""
-    job, _ = store.submit(JobSpec(RequestFields(mode="tiny")), b"%PDF")
-    claimed = store.claim("bench", 600)
-    assert claimed is not None and claimed.lease_token is not None
-    start = time.perf_counter()
-    for number in range(1, pages + 1):
-        body = {**page, "page": number}
-        assert store.save_page(job.id, claimed.lease_token, number, body, failed=False)
-    saved = (time.perf_counter() - start) / pages * 1000
-    start = time.perf_counter()
-    assert len(store.pages(job.id)) == pages
-    return saved, (time.perf_counter() - start) / pages * 1000
 
 
 def run(argv: list[str]) -> None:
