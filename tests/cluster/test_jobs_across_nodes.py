@@ -86,10 +86,21 @@ class Cluster:
 
     def engine_calls(self, job_id: str) -> Counter[int]:
         """How many times the engine was asked for each page of the job."""
-        from ray import serve
+        import ray
 
-        served = serve.get_deployment_handle(ENGINE, APP).served_requests.remote().result()
+        # Asked by a task on the head: a handle made in this process after it had joined
+        # another Ray cluster earlier in the run never resolves (Ray 2.60).
+        ask = ray.remote(num_cpus=0, resources={HEAD: 0.01})(_ask_engine)
+        served: list[str] = ray.get(ask.remote(), timeout=60)
         return Counter(int(rid.rpartition("-p")[2]) for rid in served if rid.startswith(job_id))
+
+
+def _ask_engine() -> list[str]:
+    from ray import serve
+
+    handle = serve.get_deployment_handle(ENGINE, APP)
+    served: list[str] = handle.served_requests.remote().result(timeout_s=30)
+    return served
 
 
 @pytest.fixture(scope="module")
