@@ -12,6 +12,11 @@ import pytest
 from tests.browsers import launched_chromium
 from tests.support import EngineSlot, LoopThread
 
+# One Ray auth mode for every Ray cluster of the run (local ones, the batch tests', the
+# multi-node cluster's): a process keeps the mode of its first Ray session, and Ray 2.60 turns
+# tokens on for a cluster it starts once ~/.ray/auth_token exists.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "model-outputs"
 
