@@ -354,6 +354,9 @@ class JobLoop:
                 return
             if job is None or job.lease_token is None:
                 return
+            stale = self.running.get(job.id)
+            if stale is not None:  # its lease lapsed and this replica took it back: run it once
+                stale.cancel()
             task = asyncio.create_task(self._runner.run(job), name=job.id)
             self.running[job.id] = task
             self._tokens[job.id] = job.lease_token

@@ -136,13 +136,13 @@ def test_a_renewal_error_in_a_live_replica_runs_no_page_twice(
     redis_url: str, tmp_path: Path
 ) -> None:
     """Before: one renewal error stopped renewing, the lease lapsed, the same replica claimed
-    the job again and both tasks passed the lease check: 16 of 30 pages ran twice."""
+    the job again and both tasks passed the lease check (16 of 30 pages ran twice)."""
 
     async def go() -> tuple[JobState, list[int]]:
-        recording, config = await stages(0.05)
+        recording, config = await stages(0.2)  # 40 pages, 2 at a time: ~4 s, past the lease
         jobs = flaky(redis_url, tmp_path, "renew")
-        job, _ = jobs.submit(JobSpec(TINY), text_pdf(30))
-        loop = JobLoop(runner_on(jobs, recording, config, lease_s=0.6), 2, 0.05, 3600)
+        job, _ = jobs.submit(JobSpec(TINY), text_pdf(40))
+        loop = JobLoop(runner_on(jobs, recording, config, lease_s=3.0), 2, 0.05, 3600)
         task = asyncio.create_task(loop.run())
         state = await until_final(jobs, job.id)
         task.cancel()
@@ -151,7 +151,7 @@ def test_a_renewal_error_in_a_live_replica_runs_no_page_twice(
 
     state, recognized = asyncio.run(go())
     assert state is JobState.SUCCEEDED
-    assert sorted(recognized) == list(range(1, 31))  # each page once
+    assert sorted(recognized) == list(range(1, 41))  # each page once
 
 
 def test_a_store_blip_while_saving_a_page_does_not_fail_the_job(
