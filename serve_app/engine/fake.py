@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import zlib
+from collections import deque
 from collections.abc import AsyncIterator
 
 from serve_app.config import FakeEngineConfig, SamplingConfig
@@ -80,7 +81,8 @@ class FakeEngine:
         self._requests = 0
         self._running = InFlight()
         self._died = asyncio.Event()
-        self.served: list[str] = []  # every request's id, in order (tests count engine calls)
+        # The latest requests' ids, in order (tests count engine calls); bounded.
+        self.served: deque[str] = deque(maxlen=100_000)
 
     async def start(self) -> None:
         await asyncio.sleep(self._start_latency_s)

@@ -31,12 +31,11 @@ own, so a lapsed holder never overwrites the body of a page the holder stored.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -52,7 +51,7 @@ from serve_app.jobs.store import (
     PageBodyMissingError,
     QueueFullError,
     StoredPage,
-    StoreUnavailableError,
+    outages_as_unavailable,
     request_fingerprint,
     unreadable,
     webhook_receiver,
@@ -360,23 +359,9 @@ return {rank, others}
 """
 )
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _unavailable(call: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Redis not answering (down, restarting, loading its data) becomes
-    :class:`StoreUnavailableError`, which callers may retry."""
-
-    @functools.wraps(call)
-    def wrapped(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return call(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
-                redis.ReadOnlyError) as error:  # fmt: skip
-            raise StoreUnavailableError(f"redis: {error}") from error
-
-    return wrapped
+# Redis not answering: down, restarting, loading its data, a replica not yet promoted.
+_OUTAGES = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError)
+_unavailable = outages_as_unavailable(lambda error: isinstance(error, _OUTAGES), "redis")
 
 
 class RedisJobStore:

@@ -15,7 +15,6 @@ Calls block (SQLite): async code runs them with ``asyncio.to_thread``.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sqlite3
@@ -25,7 +24,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from serve_app.jobs.model import SCHEMA_VERSION, Job, JobSpec, JobState
 from serve_app.jobs.store import (
@@ -35,7 +34,7 @@ from serve_app.jobs.store import (
     JobStats,
     QueueFullError,
     StoredPage,
-    StoreUnavailableError,
+    outages_as_unavailable,
     request_fingerprint,
     unreadable,
     webhook_receiver,
@@ -101,23 +100,14 @@ ADDED_COLUMNS = {
     "deliveries": {"owner": "TEXT", "receiver": "TEXT NOT NULL DEFAULT ''"},
 }
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _unavailable(call: Callable[_P, _R]) -> Callable[_P, _R]:
-    """A file locked past the busy timeout becomes :class:`StoreUnavailableError`."""
-
-    @functools.wraps(call)
-    def wrapped(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return call(*args, **kwargs)
-        except sqlite3.OperationalError as error:
-            if "locked" in str(error) or "busy" in str(error):
-                raise StoreUnavailableError(f"sqlite: {error}") from error
-            raise
-
-    return wrapped
+# A file another process holds locked past the busy timeout.
+_unavailable = outages_as_unavailable(
+    lambda error: (
+        isinstance(error, sqlite3.OperationalError)
+        and ("locked" in str(error) or "busy" in str(error))
+    ),
+    "sqlite",
+)
 
 
 class SqliteJobStore:

@@ -19,11 +19,12 @@ or blobs for a moment raises :class:`StoreUnavailableError`: the call may be mad
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import httpx
 
@@ -88,6 +89,31 @@ def unreadable(error: Exception) -> dict[str, str]:
 class StoreUnavailableError(Exception):
     """The store's server or its blobs did not answer (a restart, a network blip, a locked
     database): nothing was changed that a retry of the same call would not make once."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def outages_as_unavailable(
+    is_outage: Callable[[Exception], bool], server: str
+) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """A decorator for a store's calls: an error ``is_outage`` says is its ``server`` not
+    answering becomes :class:`StoreUnavailableError`, which callers may retry."""
+
+    def decorate(call: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(call)
+        def wrapped(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return call(*args, **kwargs)
+            except Exception as error:
+                if is_outage(error):
+                    raise StoreUnavailableError(f"{server}: {error}") from error
+                raise
+
+        return wrapped
+
+    return decorate
 
 
 class IdempotencyConflictError(Exception):

@@ -3,8 +3,8 @@ where the contract is shared): one job per idempotency key whatever the timing, 
 tokens, store outages ridden out, a full service backed off, a job whose runner keeps dying
 failed, expiry racing delete, stored jobs a newer release wrote, fair turns between owners.
 
-Each test here failed on the code before the cluster issue (#34); the failure it gave is in
-its docstring."""
+A test of a bug reproduced in the cluster issue (#34) says in its docstring how it failed on
+the code before the fix ("Before: ...")."""
 
 from __future__ import annotations
 
